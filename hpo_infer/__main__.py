@@ -1,0 +1,3 @@
+from hpo_infer.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""The ``hpo-infer`` command line. Engines are never imported here: it starts fast anywhere."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpo_infer.errors import InputError, StorageError
+
+STORAGE_HELP = "Study storage URL (sqlite:///FILE or postgresql://USER@HOST/DB). Default: $HPO_INFER_STORAGE, else the spec's, else sqlite:///hpo-infer.db."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="hpo-infer")
+def main() -> None:
+    """Find the engine settings that give the most tokens/s for your model on your GPU, by measuring."""
+
+
+def _storage_url(flag: str | None) -> str:
+    from hpo_infer.storage import DEFAULT_STORAGE, check_url
+
+    url = flag or os.environ.get("HPO_INFER_STORAGE") or DEFAULT_STORAGE
+    problem = check_url(url)
+    if problem:
+        raise InputError("--storage" if flag else "HPO_INFER_STORAGE" if os.environ.get("HPO_INFER_STORAGE") else "storage", problem)
+    return url
+
+
+def _open(url: str, heartbeat: bool = False):
+    from hpo_infer.storage import mask, open_storage
+
+    try:
+        return open_storage(url, heartbeat=heartbeat)
+    except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
+        raise StorageError(f"cannot open {mask(url)}: {mask(str(exc).splitlines()[0])}") from None
+
+
+def _parse_gpus(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        gpus = [int(x) for x in value.split(",") if x.strip() != ""]
+    except ValueError:
+        raise InputError("--gpus", f"expected a comma-separated list of GPU indices, got {value!r}") from None
+    if not gpus or any(g < 0 for g in gpus):
+        raise InputError("--gpus", f"expected GPU indices >= 0, got {value!r}")
+    return gpus
+
+
+@main.command()
+@click.argument("spec_file", type=click.Path(dir_okay=False))
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--trials", type=click.IntRange(min=1), help="Override the spec's trial budget.")
+@click.option("--gpus", help="GPU indices this run may use, e.g. 0,1 (default: all visible).")
+@click.option("--no-validate", is_flag=True, help="Skip re-measuring best vs baseline vs runner-up at the end.")
+def tune(spec_file: str, storage: str | None, trials: int | None, gpus: str | None, no_validate: bool) -> None:
+    """Run (or resume) the study a SPEC_FILE describes, then print baseline vs best."""
+    from hpo_infer import spec as spec_mod
+
+    spec = spec_mod.load(spec_file, storage)
+    if trials is not None:
+        spec.budget.trials = trials
+    gpu_list = _parse_gpus(gpus)
+
+    from hpo_infer.agent import Agent, Progress, install_signal_handlers
+    from hpo_infer.hardware import detect_gpus
+    from hpo_infer.study import create_or_load, study_name
+    from hpo_infer.ui import progress_display, print_summary
+
+    gpu = detect_gpus()
+    if gpu_list is not None and gpu.name != "cpu":
+        from dataclasses import replace
+
+        gpu = replace(gpu, count=len(gpu_list))
+    name = study_name(spec, gpu)
+    storage_obj = _open(spec.storage, heartbeat=True)
+    study = create_or_load(spec, storage_obj, name, gpu)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    progress = Progress()
+    click.echo(f"study {name}")
+    from hpo_infer.storage import mask
+
+    click.echo(f"storage {mask(spec.storage)}")
+    agent = Agent(spec, study, gpus=gpu_list, host_gpus=0 if gpu.name == "cpu" else gpu.count, progress=progress, stop=stop)
+    with progress_display(progress, spec.budget.trials):
+        agent.run()
+    validation = study.user_attrs.get("validation")
+    if spec.validate_finalists and not no_validate and not stop.is_set():
+        from hpo_infer.finalize import revalidate
+
+        click.echo("re-validating baseline, best and runner-up in one worker session ...")
+        validation = revalidate(study, spec, gpu_list) or validation
+    print_summary(study, validation)
+    if stop.is_set():
+        click.echo("interrupted: the running trial was ended; run the same command again to resume.", err=True)
+        sys.exit(130)
+
+
+def _resolve_study(study: str, storage_flag: str | None):
+    """STUDY may be a study name or the spec file it came from."""
+    url = _storage_url(storage_flag)
+    name = study
+    if study.endswith((".yaml", ".yml")) and Path(study).is_file():
+        from hpo_infer import spec as spec_mod
+        from hpo_infer.hardware import detect_gpus
+        from hpo_infer.study import study_name
+
+        spec = spec_mod.load(study, storage_flag)
+        url = spec.storage
+        name = study_name(spec, detect_gpus())
+    import optuna
+
+    storage = _open(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        hint = f" (studies here: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''})" if names else " (this storage has no study)"
+        raise InputError("STUDY", f"no study named {name!r}{hint}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@main.command()
+@click.argument("study")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json", "vllm-cli", "hf-kwargs"]), default="yaml", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
+def export(study: str, storage: str | None, fmt: str, out_path: str | None) -> None:
+    """Write the best feasible settings of STUDY (a name or its spec file) for the engine to take as-is."""
+    from hpo_infer.export import best_record, render
+
+    st = _resolve_study(study, storage)
+    text = render(best_record(st), fmt)
+    if out_path:
+        Path(out_path).write_text(text)
+        click.echo(f"wrote {out_path}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command("studies")
+@click.option("--storage", help=STORAGE_HELP)
+def list_studies(storage: str | None) -> None:
+    """List the studies in a storage, with trial counts and best throughput."""
+    import optuna
+
+    from hpo_infer.ui import studies_table
+
+    st = _open(_storage_url(storage))
+    studies_table(optuna.get_all_study_summaries(st, include_best_trial=True))
+
+
+@main.command()
+@click.argument("engine")
+def settings(engine: str) -> None:
+    """Show the settings ENGINE can tune, their defaults and default search range."""
+    from hpo_infer.engines import engine_class, engine_names
+    from hpo_infer.ui import settings_table
+
+    if engine not in engine_names():
+        raise InputError("ENGINE", f"unknown engine {engine!r} (one of {', '.join(engine_names())})")
+    settings_table(engine_class(engine))
+
+
+def run() -> Any:  # pragma: no cover - console entry for `python -m hpo_infer`
+    return main()

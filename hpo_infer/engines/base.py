@@ -1,0 +1,113 @@
+"""The engine protocol: one table of settings per engine, and a lifecycle split by process.
+
+Lifecycle, and in which process each part runs:
+
+* ``settings`` (class attribute): the single source of truth for every setting an engine
+  exposes — name, type, allowed values, the engine's own default, and the flag it exports as.
+  Spec validation, ``default_space()``, the baseline and ``export`` are all read from it.
+* ``check(params, env)``: in the agent (CLI) process, before a worker is spawned. Returns a
+  reason when a combination is known to be bad (e.g. more GPUs than the host has); the trial is
+  then recorded as *infeasible* without spending a GPU on it.
+* ``run(request, emit)``: only inside the isolated worker process. This is the one place that
+  may import the engine (torch, transformers, vllm). It emits progress events through ``emit``
+  (``started`` once the engine is up, with its start time and resolved defaults), and returns
+  the measurement (see :func:`hpo_infer.measure.measure`); it raises on error.
+* ``classify(exc)``: inside the worker. ``"infeasible"`` means the config itself is bad (OOM,
+  not enough KV cache, rejected arguments): the sampler should learn to avoid the region.
+  Anything else is a failure of the trial (crash, driver error) and may be retried.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.metadata
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
+
+if TYPE_CHECKING:
+    from hpo_infer.protocol import TrialRequest
+
+AUTO = "engine-resolved"
+"""A default the engine resolves itself at start-up (e.g. vLLM's ``max_num_seqs`` per GPU)."""
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One tunable engine setting."""
+
+    name: str
+    kind: str  # "int" | "float" | "bool" | "categorical"
+    default: Any = AUTO
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    help: str = ""
+    flag: str | None = None  # CLI flag for `vllm serve` style exports; None: not a server flag
+    space: dict[str, Any] | None = field(default=None, compare=False)  # default search range
+
+    def accepts(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed for this setting, or None when it is."""
+        if self.kind == "bool":
+            return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"must be an integer, got {value!r}"
+        elif self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"must be a number, got {value!r}"
+        elif self.choices is not None and value not in self.choices:
+            return f"must be one of {list(self.choices)}, got {value!r}"
+        if self.low is not None and value < self.low:
+            return f"must be >= {self.low}, got {value!r}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high}, got {value!r}"
+        return None
+
+
+class Engine(abc.ABC):
+    """Base class of the engines. Subclasses stay import-light: no engine import at module level."""
+
+    name: ClassVar[str]
+    distribution: ClassVar[str | None] = None  # the installed package whose version is recorded
+    settings: ClassVar[tuple[Setting, ...]]
+
+    @classmethod
+    def setting(cls, name: str) -> Setting | None:
+        return next((s for s in cls.settings if s.name == name), None)
+
+    @classmethod
+    def default_space(cls) -> dict[str, dict[str, Any]]:
+        """The search space a spec gets when it names none: every setting with a range."""
+        return {s.name: dict(s.space) for s in cls.settings if s.space is not None}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """The engine's own concrete defaults; settings it resolves at start-up are left out."""
+        return {s.name: s.default for s in cls.settings if s.default != AUTO}
+
+    @classmethod
+    def version(cls) -> str | None:
+        """Installed version of the engine, read from package metadata (no import)."""
+        for dist in (cls.distribution, f"{cls.distribution}-cpu") if cls.distribution else ():
+            try:
+                return importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return None
+
+    def check(self, params: dict[str, Any], host_gpus: int) -> str | None:
+        """A reason the combination cannot work, decided without launching; None if it may."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+        """Start the engine with ``request.params``, measure, return the result (worker only)."""
+
+    def classify(self, exc: BaseException) -> str:
+        """``"infeasible"`` for a bad config (OOM, rejected), else ``"failed"``."""
+        text = f"{type(exc).__name__}: {exc}".lower()
+        if isinstance(exc, MemoryError) or "out of memory" in text or "outofmemory" in text:
+            return "infeasible"
+        return "failed"

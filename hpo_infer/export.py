@@ -1,0 +1,91 @@
+"""Export the best feasible trial in a form the engine takes as-is, with its evidence.
+
+Formats: ``yaml`` and ``json`` (settings + measured throughput, baseline, gain, verdict and
+environment fingerprint), ``vllm-cli`` (a ``vllm serve`` command line), ``hf-kwargs``
+(``from_pretrained`` / ``pipeline`` / ``generate`` keyword arguments as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Any
+
+import optuna
+import yaml
+
+from hpo_infer.engines import engine_class
+from hpo_infer.errors import InputError
+from hpo_infer.finalize import KEY, describe
+from hpo_infer.storage import mask
+from hpo_infer.study import baseline_trial, ranked, settings_of
+
+FORMATS = ("yaml", "json", "vllm-cli", "hf-kwargs")
+
+
+def best_record(study: optuna.Study) -> dict[str, Any]:
+    """Everything an export carries; raises InputError when the study has no feasible trial."""
+    best_list = ranked(study)
+    if not best_list:
+        raise InputError(f"study {study.study_name!r}", "has no feasible completed trial to export")
+    best = best_list[0]
+    base = baseline_trial(study)
+    validation = study.user_attrs.get(KEY)
+    rec: dict[str, Any] = {
+        "study": study.study_name,
+        "engine": study.user_attrs.get("engine"),
+        "engine_version": study.user_attrs.get("engine_version"),
+        "model": study.user_attrs.get("model"),
+        "model_spec": study.user_attrs.get("model_spec"),
+        "workload": study.user_attrs.get("workload"),
+        "settings": best.user_attrs.get("settings", settings_of(best)),
+        "throughput_tok_s": best.value,
+        "throughput_spread": best.user_attrs.get("spread"),
+        "trial": best.number,
+        "baseline_tok_s": base.value if base else None,
+        "baseline_resolved": base.user_attrs.get("resolved") if base else None,
+        "gain_pct": ((best.value - base.value) / base.value * 100) if base and base.value else None,
+        "verdict": describe(validation),
+        "environment": best.user_attrs.get("env"),
+    }
+    if validation and "best_vs_baseline" in validation:
+        rec["revalidated"] = {
+            k: {"value": m.get("value"), "repeats": m.get("repeats")} for k, m in validation["measured"].items()
+        }
+    return json.loads(mask(json.dumps(rec, default=str)))
+
+
+def render(rec: dict[str, Any], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rec, indent=2) + "\n"
+    if fmt == "yaml":
+        return yaml.safe_dump(rec, sort_keys=False)
+    eng = engine_class(rec["engine"])
+    if fmt == "vllm-cli":
+        if rec["engine"] != "vllm":
+            raise InputError("--format", f"vllm-cli exports vLLM studies; this study's engine is {rec['engine']!r}")
+        model = _model_ref(rec)
+        args = ["vllm", "serve", model, *eng.cli_flags(rec["settings"])]  # type: ignore[attr-defined]
+        head = _comment(rec)
+        return head + " ".join(shlex.quote(a) for a in args) + "\n"
+    if fmt == "hf-kwargs":
+        if rec["engine"] != "hf":
+            raise InputError("--format", f"hf-kwargs exports HuggingFace studies; this study's engine is {rec['engine']!r}")
+        return json.dumps(eng.kwargs(rec["settings"]), indent=2) + "\n"  # type: ignore[attr-defined]
+    raise InputError("--format", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+
+
+def _model_ref(rec: dict[str, Any]) -> str:
+    m = rec.get("model_spec") or {}
+    return str(m.get("id") or m.get("path") or rec.get("model"))
+
+
+def _comment(rec: dict[str, Any]) -> str:
+    lines = [
+        f"# hpo-infer best of study {rec['study']}",
+        f"# measured {rec['throughput_tok_s']:.1f} tok/s (baseline {rec['baseline_tok_s'] or float('nan'):.1f} tok/s)",
+        f"# {rec['verdict']}",
+    ]
+    if rec.get("model_spec", {}).get("synthetic") is not None:
+        lines.append("# synthetic model: add --load-format dummy, or replace the model with the real one")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,106 @@
+"""One Optuna study per (engine, model, GPU, workload): naming, sampler/pruner factory, creation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import optuna
+
+from hpo_infer import __version__
+from hpo_infer.models import model_label
+from hpo_infer.workload import label as workload_label
+
+if TYPE_CHECKING:
+    from hpo_infer.hardware import GPUInfo
+    from hpo_infer.spec import StudySpec
+
+# Keys of our attributes on Optuna trials and studies.
+ROLE = "hpo_infer_role"  # "baseline" | "grid" | "carried_over" | "warm_start"
+BASELINE = "baseline"
+CONSTRAINT = "feasible"  # constraint name: > 0 means infeasible
+
+
+def study_name(spec: "StudySpec", gpu: "GPUInfo") -> str:
+    """``{engine}:{model}:{gpu}x{n}:{workload}``, stable across runs, so re-running resumes."""
+    return ":".join(
+        [spec.engine, model_label(spec.model.model_dump(exclude_none=True)), gpu.label,
+         workload_label(spec.workload.model_dump(exclude_none=True))]
+    )
+
+
+def make_sampler(spec: "StudySpec") -> optuna.samplers.BaseSampler:
+    s = spec.sampler
+    opts = dict(s.options)
+    if s.name == "tpe":
+        opts.setdefault("n_startup_trials", 5)
+        opts.setdefault("multivariate", True)
+        opts.setdefault("group", any(p.when for p in spec.space().values()))
+        return optuna.samplers.TPESampler(seed=s.seed, **opts)
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed, **opts)
+    if s.name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=s.seed, **opts)
+    # Grid: every point is enqueued up front (see agent.enqueue_grid); the sampler only ever
+    # sees enqueued trials, so no point is measured twice, even with many agents.
+    return optuna.samplers.RandomSampler(seed=s.seed)
+
+
+def make_pruner(spec: "StudySpec") -> optuna.pruners.BasePruner:
+    if spec.pruner.name == "median":
+        opts = {"n_startup_trials": 3, "n_warmup_steps": 0, **spec.pruner.options}
+        return optuna.pruners.MedianPruner(**opts)
+    return optuna.pruners.NopPruner()
+
+
+def create_or_load(spec: "StudySpec", storage: Any, name: str, gpu: "GPUInfo") -> optuna.Study:
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        sampler=make_sampler(spec),
+        pruner=make_pruner(spec),
+        direction="maximize",
+        load_if_exists=True,
+    )
+    attrs = study.user_attrs
+    if "engine" not in attrs:
+        from hpo_infer.engines import engine_class
+
+        info = {
+            "engine": spec.engine,
+            "engine_version": engine_class(spec.engine).version(),
+            "model": model_label(spec.model.model_dump(exclude_none=True)),
+            "model_spec": spec.model.model_dump(exclude_none=True),
+            "workload": spec.workload.model_dump(exclude_none=True),
+            "gpu": gpu.name,
+            "gpu_count": gpu.count,
+            "hpo_infer_version": __version__,
+            "optuna_version": optuna.__version__,
+            "spec": spec.model_dump(mode="json", exclude={"storage"}),
+        }
+        for k, v in info.items():
+            study.set_user_attr(k, v)
+    return study
+
+
+def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [t for t in done if all(v <= 0 for v in t.constraints.values())]
+
+
+def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    for t in feasible_trials(study):
+        if t.user_attrs.get(ROLE) == BASELINE:
+            return t
+    return None
+
+
+def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Feasible trials, best first."""
+    return sorted(feasible_trials(study), key=lambda t: t.value or 0.0, reverse=True)
+
+
+def settings_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The engine settings a trial ran with: its params plus the spec's fixed settings."""
+    return {**t.user_attrs.get("fixed", {}), **t.params}

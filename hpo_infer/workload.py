@@ -1,0 +1,77 @@
+"""Prompt sets: synthetic token lengths, a JSONL file of prompts, HumanEval single-line infilling.
+
+The output length is fixed per workload (engines force it with ``ignore_eos`` /
+``min_new_tokens``) so that every trial generates the same number of tokens and runs compare.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Workload:
+    prompts: list[Any]  # str (text) or list[int] (token ids)
+    output_tokens: int
+
+    @property
+    def is_tokens(self) -> bool:
+        return bool(self.prompts) and isinstance(self.prompts[0], list)
+
+
+def label(w: dict[str, Any]) -> str:
+    """Stable short name for study keys, e.g. ``syn-i128-o128-n2048``."""
+    kind = w.get("kind", "synthetic")
+    out = w["output_tokens"]
+    if kind == "synthetic":
+        i = w["input_tokens"]
+        i = f"{i[0]}-{i[1]}" if isinstance(i, list) else i
+        return f"syn-i{i}-o{out}-n{w['prompts']}"
+    n = f"-n{w['limit']}" if w.get("limit") else ""
+    if kind == "humaneval":
+        return f"humaneval-o{out}{n}"
+    return f"jsonl-{Path(w['path']).stem}-o{out}{n}"
+
+
+def _open_text(path: str):
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def _read_jsonl(path: str, field: str, limit: int | None) -> list[str]:
+    out: list[str] = []
+    with _open_text(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            obj = json.loads(line)
+            if field not in obj:
+                raise ValueError(f"{path}: line {n}: no field {field!r}")
+            out.append(str(obj[field]))
+            if limit and len(out) >= limit:
+                break
+    return out
+
+
+def load(w: dict[str, Any], vocab_size: int = 512) -> Workload:
+    """Build the prompt set a spec's ``workload`` section describes."""
+    kind = w.get("kind", "synthetic")
+    if kind == "synthetic":
+        rng = random.Random(w.get("seed", 0))
+        lo, hi = (w["input_tokens"], w["input_tokens"]) if isinstance(w["input_tokens"], int) else w["input_tokens"]
+        first = 4 if vocab_size > 8 else 0  # keep clear of special tokens
+        prompts = [
+            [rng.randrange(first, vocab_size) for _ in range(rng.randint(lo, hi))] for _ in range(w["prompts"])
+        ]
+        return Workload(prompts, w["output_tokens"])
+    field = "prompt" if kind == "humaneval" else w.get("field", "prompt")
+    prompts = _read_jsonl(w["path"], field, w.get("limit"))
+    if kind == "humaneval":
+        # As the paper did: sorted by length, so each batch holds prompts of similar length.
+        prompts.sort(key=len)
+    return Workload(prompts, w["output_tokens"])
