@@ -168,3 +168,6 @@ def settings(engine: str) -> None:
 
 def run() -> Any:  # pragma: no cover - console entry for `python -m hpo_infer`
     return main()
+
+
+# Commands that live in their own modules register here (each module is import-light).

@@ -63,11 +63,15 @@ class Channel:
         self.out.flush()
 
 
+CHANNEL: Channel | None = None
+
+
 def main() -> int:
+    global CHANNEL
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGTERM, _on_term)
-    chan = Channel()
+    chan = CHANNEL = Channel()
     request = TrialRequest.from_json(sys.stdin.read())
 
     from hpo_infer.engines import load_engine

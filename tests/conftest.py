@@ -1,0 +1,58 @@
+"""Shared test helpers: run the real CLI in a subprocess, write specs, inspect storage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SHARED_DATA = SHARED / "data"
+
+
+def run_cli(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``hpo-infer ARGS`` as a user would, through the installed interpreter."""
+    e = dict(os.environ)
+    e.pop("HPO_INFER_STORAGE", None)
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "hpo_infer", *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def fault_spec(**over: Any) -> dict[str, Any]:
+    """A fast spec on the fault engine (no torch), for agent/runner/sampler tests."""
+    spec: dict[str, Any] = {
+        "engine": "fault",
+        "model": {"synthetic": "tiny-llama"},
+        "workload": {"kind": "synthetic", "prompts": 4, "input_tokens": 4, "output_tokens": 4},
+        "search_space": {"x": {"type": "int", "low": 1, "high": 64}, "y": {"type": "int", "low": 1, "high": 4}},
+        "fixed": {"pass_s": 0.01},
+        "sampler": {"name": "tpe", "seed": 0},
+        "budget": {"trials": 6},
+        "trial_timeout_s": 30,
+        "repeats": 2,
+        "validate_finalists": False,
+    }
+    for k, v in over.items():
+        spec[k] = v
+    return spec
+
+
+def write_spec(tmp_path: Path, spec: dict[str, Any] | str, name: str = "spec.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
+    return p
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    return SHARED_DATA
