@@ -76,13 +76,15 @@ def fingerprint(engine: "Engine | None" = None) -> dict[str, Any]:
         "gpu_memory_bytes": gpu.memory_bytes,
         "cpu_count": os.cpu_count(),
     }
-    try:
-        import torch
+    env["torch"] = env["cuda"] = None
+    if engine is None or engine.uses_torch:
+        try:
+            import torch
 
-        env["torch"] = torch.__version__
-        env["cuda"] = torch.version.cuda
-    except ImportError:
-        env["torch"] = env["cuda"] = None
+            env["torch"] = torch.__version__
+            env["cuda"] = torch.version.cuda
+        except ImportError:
+            pass
     if engine is not None:
         env["engine"] = engine.name
         env["engine_version"] = engine.version()

@@ -72,6 +72,7 @@ class Engine(abc.ABC):
     name: ClassVar[str]
     distribution: ClassVar[str | None] = None  # the installed package whose version is recorded
     settings: ClassVar[tuple[Setting, ...]]
+    uses_torch: ClassVar[bool] = True  # fingerprint torch/CUDA versions (importing torch costs ~2 s)
 
     @classmethod
     def setting(cls, name: str) -> Setting | None:

@@ -26,6 +26,7 @@ MODES = ("ok", "crash_start", "crash_mid", "hang", "oom", "garbage", "slow_start
 class FaultEngine(Engine):
     name = "fault"
     distribution = None
+    uses_torch = False
     settings = (
         Setting("mode", "categorical", "ok", choices=MODES, help="which failure to inject"),
         Setting("x", "int", 1, low=1, high=1024, space={"type": "int", "low": 1, "high": 64}),
@@ -36,6 +37,11 @@ class FaultEngine(Engine):
         Setting("noise", "float", 0.0, low=0.0, high=1.0, help="relative noise on each pass"),
         Setting("max_x", "int", 1024, low=1, high=1024, help="x above this is out of memory"),
     )
+
+    def classify(self, exc: BaseException) -> str:
+        if isinstance(exc, ValueError):  # as real engines reject bad arguments
+            return "infeasible"
+        return super().classify(exc)
 
     @staticmethod
     def landscape(x: int, y: int, peak: float) -> float:
