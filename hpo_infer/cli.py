@@ -134,12 +134,18 @@ def export(study: str, storage: str | None, fmt: str, out_path: str | None) -> N
     from hpo_infer.export import best_record, render
 
     st = _resolve_study(study, storage)
-    text = render(best_record(st), fmt)
+    rec = best_record(st)
+    text = render(rec, fmt)
     if out_path:
         Path(out_path).write_text(text)
         click.echo(f"wrote {out_path}", err=True)
     else:
         click.echo(text, nl=False)
+    from hpo_infer.db.record import record_export
+
+    warning = record_export(st, rec, fmt, out_path)  # one row in hpo_infer_export
+    if warning:
+        click.echo(f"hpo-infer: warning: {warning}", err=True)
 
 
 @main.command("studies")
@@ -166,8 +172,56 @@ def settings(engine: str) -> None:
     settings_table(engine_class(engine))
 
 
+@main.command()
+@click.argument("study")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for summary.md and the PNG plots (default: reports/<study>).")
+def report(study: str, storage: str | None, out_dir: str | None) -> None:
+    """Plots (landscape, history, importance) and a Markdown summary of STUDY."""
+    from hpo_infer.report import write_report
+
+    st = _resolve_study(study, storage)
+    folder = Path(out_dir) if out_dir else Path("reports") / st.study_name.replace(":", "_").replace("/", "_")
+    for kind, path in write_report(st, folder).items():
+        click.echo(f"{kind}: {path}")
+
+
+@main.command()
+@click.argument("studies", nargs=-1)
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def compare(studies: tuple[str, ...], storage: str | None, as_json: bool) -> None:
+    """One table of best settings and throughput across STUDIES (default: every study in the storage)."""
+    import json
+
+    import optuna
+
+    from hpo_infer.report import compare_rows
+    from hpo_infer.ui import compare_table
+
+    if studies:
+        loaded = [_resolve_study(s, storage) for s in studies]
+    else:
+        st = _open(_storage_url(storage))
+        loaded = [optuna.load_study(study_name=s.study_name, storage=st) for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
+    rows = compare_rows(loaded)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        compare_table(rows)
+
+
 def run() -> Any:  # pragma: no cover - console entry for `python -m hpo_infer`
     return main()
 
 
 # Commands that live in their own modules register here (each module is import-light).
+from hpo_infer.dashboard import dashboard_cmd  # noqa: E402
+
+main.add_command(dashboard_cmd)
+from hpo_infer.cli_db import db as db_group  # noqa: E402
+
+main.add_command(db_group)
+from hpo_infer.fleet import worker as worker_cmd  # noqa: E402
+
+main.add_command(worker_cmd)

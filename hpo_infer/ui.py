@@ -134,3 +134,18 @@ def settings_table(engine: Any) -> None:
         allowed = ", ".join(map(str, s.choices)) if s.choices else f"{s.low if s.low is not None else ''}..{s.high if s.high is not None else ''}"
         table.add_row(s.name, s.kind, str(s.default), allowed, json.dumps(s.space) if s.space else "", s.help)
     console.print(table)
+
+
+def compare_table(rows: list[dict[str, Any]]) -> None:
+    table = Table(title="best settings across studies")
+    for col in ("study", "engine", "model", "GPU", "trials", "baseline tok/s", "best tok/s", "gain", "best settings"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["study"], str(r["engine"]), str(r["model"]), r["gpu"], str(r["trials"]),
+            f"{r['baseline_tok_s']:,.1f}" if r["baseline_tok_s"] is not None else "-",
+            f"{r['best_tok_s']:,.1f}" if r["best_tok_s"] is not None else "-",
+            f"{r['gain_pct']:+.1f}%" if r["gain_pct"] is not None else "-",
+            _fmt_settings(r["best_settings"] or {}),
+        )
+    console.print(table)
