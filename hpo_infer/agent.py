@@ -1,12 +1,22 @@
 """The agent: Optuna's optimize loop, one trial at a time, each trial in its own worker process.
 
 One agent per GPU group. The agent owns the study database; its workers never touch it.
+
+Many agents (processes, hosts) may work on one study at once. What they share lives in the
+storage: the stop rules (trial budget, wall time, patience) are counted from it, and the
+decision to take a trial (count the budget, pop a waiting grid point) is made under a database
+lock (:class:`~hpo_infer.db.lock.StudyLock`), so the budget is not overrun and no grid point is
+taken twice. A dead agent's trial goes stale (no heartbeat) and is retried by another
+(``RetryHeartbeatStaleTrialCallback``); agents that run out of work wait for running trials of
+others to end, so a stale one is retried rather than left behind.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -20,10 +30,14 @@ from hpo_infer.runner import COMPLETE, INFEASIBLE_S, STOPPED, TIMEOUT, Outcome, 
 from hpo_infer.study import BASELINE, CONSTRAINT, ROLE
 
 if TYPE_CHECKING:
+    from hpo_infer.db.lock import StudyLock
+    from hpo_infer.db.record import Recorder
     from hpo_infer.spec import StudySpec
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 MAX_RETRIES = 1
+WAIT = "wait"  # stop reason meaning: nothing to take now, but trials of other agents still run
+DEADLINE = "hpo_infer_deadline"  # study attr: unix time when the shared wall-time budget ends
 
 
 class WorkerFailed(Exception):
@@ -31,7 +45,11 @@ class WorkerFailed(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C / SIGTERM during a trial: the trial is recorded as failed, the agent stops."""
+    """Ctrl-C / SIGTERM during a trial: the trial is recorded as failed and queued again, the agent stops."""
+
+
+class Surplus(Exception):
+    """A grid study handed out a trial that is no grid point (only if the lock was bypassed)."""
 
 
 @dataclass
@@ -77,6 +95,35 @@ def enqueue_grid(study: optuna.Study, spec: "StudySpec") -> int:
     return len(points)
 
 
+def shared_deadline(study: optuna.Study, wall_time_s: float | None, live_running: bool) -> float | None:
+    """The unix time at which every agent of this launch stops taking trials (call under the lock).
+
+    Agents that join while others run share their deadline; a launch after the last one ended
+    (or after its deadline) starts a new one.
+    """
+    if wall_time_s is None:
+        return None
+    now = time.time()
+    d = study.user_attrs.get(DEADLINE)
+    if d is None or d <= now or not live_running:
+        d = now + wall_time_s
+        study.set_user_attr(DEADLINE, d)
+    return float(d)
+
+
+class _NoLock:
+    """Stands in for the study lock on storages without one (in-memory studies in tests)."""
+
+    held = False
+
+    def acquire(self) -> None: ...
+    def release(self) -> None: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> "_NoLock":
+        return self
+    def __exit__(self, *exc: Any) -> None: ...
+
+
 class Agent:
     def __init__(
         self,
@@ -86,6 +133,8 @@ class Agent:
         host_gpus: int = 0,
         progress: Progress | None = None,
         stop: threading.Event | None = None,
+        lock: "StudyLock | None" = None,
+        recorder: "Recorder | None" = None,
     ) -> None:
         self.spec = spec
         self.study = study
@@ -94,11 +143,22 @@ class Agent:
         self.engine = load_engine(spec.engine)
         self.progress = progress or Progress()
         self.stop = stop or threading.Event()
+        self.lock = lock
+        self.recorder = recorder
+        self.deadline: float | None = None
+        self.stopped_because: str | None = None
 
     # ---- the objective ---------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float:
+        if self.lock is not None:
+            self.lock.release()  # the trial is ours: other agents may take the next one
+        fixed = self.study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
         if self.stop.is_set():
+            self._requeue(trial, fixed)
             raise Interrupted("stop requested before the trial started")
+        if self.spec.sampler.name == "grid" and fixed is None:
+            trial.set_user_attr(ROLE, "surplus")
+            raise Surplus("grid exhausted: this trial is no grid point")
         role = trial.user_attrs.get(ROLE)
         space = self.spec.space()
         if role == BASELINE:
@@ -145,6 +205,7 @@ class Agent:
         r = out.first
         if out.status == STOPPED:
             if self.stop.is_set():
+                self._requeue(trial, params)
                 raise Interrupted("interrupted during the trial; worker tree killed")
             trial.set_user_attr("status", "pruned")
             raise optuna.TrialPruned(f"pruned after {len(rates)} repeat(s)")
@@ -172,7 +233,30 @@ class Agent:
             attrs.update({"retries": retries + 1, "retry_of": trial.number})
             self.study.enqueue_trial(params, user_attrs=attrs)
 
+    def _requeue(self, trial: optuna.Trial, params: dict[str, Any] | None) -> None:
+        """An interrupted trial is nobody's fault: queue it again (same retry count) for whoever runs next."""
+        if params is None:
+            return  # a sampled trial that never got its parameters: the sampler will propose anew
+        attrs = {k: v for k, v in trial.user_attrs.items() if k in (ROLE, "baseline_params", "retries")}
+        attrs.update({"retry_of": trial.number, "interrupted_in": trial.number})
+        self.study.enqueue_trial(params, user_attrs=attrs)
+
     def _record(self, trial: optuna.Trial, out: Outcome) -> None:
+        self._record_attrs(trial, out)
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.trial(self.study.study_name, trial.number, trial._trial_id, out)
+        except Exception as exc:  # noqa: BLE001 - the trial's result is in Optuna; say what was not kept
+            from hpo_infer.storage import mask
+
+            why = mask(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[:300]
+            trial.set_user_attr("measurements_error", why)
+            import logging
+
+            logging.getLogger("hpo_infer.agent").warning("trial %d: measurements not written: %s", trial.number, why)
+
+    def _record_attrs(self, trial: optuna.Trial, out: Outcome) -> None:
         r = out.first
         attrs: dict[str, Any] = {
             "worker_status": out.status,
@@ -205,45 +289,118 @@ class Agent:
         done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
         return max(0, self.spec.budget.trials - done)
 
-    def _stop_rules(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         finished = study.get_trials(deepcopy=False, states=FINISHED)
-        feasible = [t for t in finished if t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())]
-        best = max((t.value for t in feasible), default=None)
-        self.progress.update(done=len(finished), best=best, phase="next", last=trial)
+        self.progress.update(done=len(finished), best=_best(finished), phase="next", last=trial)
+
+    def _live(self, running: list[optuna.trial.FrozenTrial]) -> bool:
+        """Whether a running trial may still end (or go stale and be retried): worth waiting for."""
+        from hpo_infer.storage import heartbeat_settings
+
+        limit = self.spec.trial_timeout_s + heartbeat_settings()[1] + 60
+        now = time.time()
+        return any(t.datetime_start is None or now - t.datetime_start.timestamp() < limit for t in running)
+
+    def stop_reason(self) -> str | None:
+        """Why this agent takes no more trials (None: take one; WAIT: others still run). Shared
+        by all agents: everything is counted from the storage."""
         if self.stop.is_set():
-            study.stop()
-        if self.spec.budget.trials is not None and len(finished) >= self.spec.budget.trials:
-            study.stop()
-        if self.spec.sampler.name == "grid" and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-            study.stop()
+            return "interrupted"
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "wall time"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)  # a dead agent's trial: failed, queued again
+        trials = self.study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in FINISHED]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        self.progress.update(done=len(finished), best=_best(finished))
+        reason = None
+        budget = self.spec.budget.trials
+        if budget is not None and len(finished) + len(running) >= budget:
+            reason = "trial budget"
+        elif self._patience_spent(finished):
+            reason = "patience"
+        elif self.spec.sampler.name == "grid" and not any(t.state == TrialState.WAITING for t in trials):
+            reason = "grid done"
+        if reason is not None and running and self._live(running):
+            return WAIT
+        return reason
+
+    def _patience_spent(self, finished: list[optuna.trial.FrozenTrial]) -> bool:
         pat = self.spec.budget.patience
-        if pat and feasible:
-            best_t = max(feasible, key=lambda t: t.value)
-            if sum(1 for t in finished if t.number > best_t.number) >= pat:
-                study.stop()
+        feasible = [t for t in finished if _feasible(t)]
+        if not pat or not feasible:
+            return False
+        best_t = max(feasible, key=lambda t: t.value)
+        return sum(1 for t in finished if t.number > best_t.number) >= pat
+
+    def _setup(self) -> None:
+        from hpo_infer.storage import url_of
+
+        url = url_of(self.study)
+        if self.lock is None:
+            if url is None:
+                self.lock = _NoLock()  # type: ignore[assignment]
+            else:
+                from hpo_infer.db.lock import StudyLock
+
+                self.lock = StudyLock(url, f"study:{self.study.study_name}")
+        if self.recorder is None and url is not None:
+            from hpo_infer.db import schema
+            from hpo_infer.db.record import Recorder
+
+            schema.ensure(url)
+            self.recorder = Recorder(url)
 
     def run(self) -> None:
         """Optimise until a stop rule fires, the budget is spent, or a signal arrives."""
-        enqueue_baseline(self.study, self.spec)
-        if self.spec.sampler.name == "grid":
-            enqueue_grid(self.study, self.spec)
-        n = self.remaining()
-        if n == 0:
+        self._setup()
+        assert self.lock is not None
+        with self.lock:  # seeding once per study, whichever agent comes first
+            enqueue_baseline(self.study, self.spec)
+            if self.spec.sampler.name == "grid":
+                enqueue_grid(self.study, self.spec)
+            running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            self.deadline = shared_deadline(self.study, self.spec.budget.wall_time_s, self._live(running))
+        poll = float(min(5, max(1, getattr(getattr(self.study._storage, "_backend", None), "heartbeat_interval", None) or 1)))
+        while True:
+            self.lock.acquire()
+            try:
+                why = self.stop_reason()
+                if why is None:
+                    # The lock is released inside the objective, once the trial is ours.
+                    self.study.optimize(
+                        self.objective,
+                        n_trials=1,
+                        catch=(WorkerFailed, Interrupted, Surplus),
+                        callbacks=[self._after_trial],
+                        gc_after_trial=False,
+                    )
+                    continue
+            finally:
+                self.lock.release()
+            if why == WAIT:
+                self.progress.update(phase="waiting for trials of other agents")
+                self.stop.wait(poll)
+                continue
+            self.stopped_because = why
+            self.progress.update(phase=f"stopped: {why}")
             return
-        if self.spec.sampler.name == "grid":
-            waiting = len(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-            n = waiting if n is None else min(n, waiting)
-            if n == 0:
-                return
-        self._stop_rules(self.study, None)  # type: ignore[arg-type]
-        self.study.optimize(
-            self.objective,
-            n_trials=n,
-            timeout=self.spec.budget.wall_time_s,
-            catch=(WorkerFailed, Interrupted),
-            callbacks=[self._stop_rules],
-            gc_after_trial=False,
-        )
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.close()
+        if self.recorder is not None:
+            self.recorder.close()
+
+
+def _feasible(t: optuna.trial.FrozenTrial) -> bool:
+    return t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())
+
+
+def _best(finished: list[optuna.trial.FrozenTrial]) -> float | None:
+    return max((t.value for t in finished if _feasible(t)), default=None)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
