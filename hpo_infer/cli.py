@@ -173,16 +173,43 @@ def settings(engine: str) -> None:
 
 
 @main.command()
-@click.argument("study")
+@click.argument("study", required=False)
 @click.option("--storage", help=STORAGE_HELP)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for summary.md and the PNG plots (default: reports/<study>).")
-def report(study: str, storage: str | None, out_dir: str | None) -> None:
-    """Plots (landscape, history, importance) and a Markdown summary of STUDY."""
-    from hpo_infer.report import write_report
+@click.option("--campaign", "campaign_file", type=click.Path(dir_okay=False), help="Report a whole campaign (the paper's views) instead of one study.")
+@click.option("--var", "variables", multiple=True, help="NAME=VALUE for ${NAME} in the campaign file.")
+@click.option("--paper-data", type=click.Path(dir_okay=False), help="paper-landscapes.csv, to compare with the paper's A100/V100 figures.")
+def report(study: str | None, storage: str | None, out_dir: str | None, campaign_file: str | None, variables: tuple[str, ...], paper_data: str | None) -> None:
+    """Plots (landscape, history, importance) and a Markdown summary of STUDY (a name or its spec file)."""
+    if campaign_file:
+        import optuna
 
-    st = _resolve_study(study, storage)
-    folder = Path(out_dir) if out_dir else Path("reports") / st.study_name.replace(":", "_").replace("/", "_")
-    for kind, path in write_report(st, folder).items():
+        from hpo_infer import campaign as camp
+        from hpo_infer.campaign_report import write
+        from hpo_infer.hardware import detect_gpus
+
+        if paper_data and not Path(paper_data).is_file():
+            raise InputError("--paper-data", f"no such file: {paper_data}")
+        gpu = detect_gpus()
+        name, entries = camp.load(campaign_file, _vars(variables), 0 if gpu.name == "cpu" else gpu.count, storage)
+        names = camp.study_names(entries, gpu)
+        loaded = []
+        for e, n in zip(entries, names):
+            try:
+                loaded.append(optuna.load_study(study_name=n, storage=_open(e.spec.storage)))
+            except KeyError:
+                raise InputError("--campaign", f"study {n!r} of campaign {name!r} has not run yet") from None
+        folder = Path(out_dir) if out_dir else Path("reports") / f"campaign-{name}"
+        files = write(entries, loaded, folder, Path(paper_data) if paper_data else None)
+    else:
+        if not study:
+            raise InputError("STUDY", "give a study name or spec file (or --campaign FILE)")
+        from hpo_infer.report import write_report
+
+        st = _resolve_study(study, storage)
+        folder = Path(out_dir) if out_dir else Path("reports") / st.study_name.replace(":", "_").replace("/", "_")
+        files = write_report(st, folder)
+    for kind, path in files.items():
         click.echo(f"{kind}: {path}")
 
 
@@ -209,6 +236,68 @@ def compare(studies: tuple[str, ...], storage: str | None, as_json: bool) -> Non
         click.echo(json.dumps(rows, indent=2, default=str))
     else:
         compare_table(rows)
+
+
+def _vars(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise InputError("--var", f"expected NAME=VALUE, got {pair!r}")
+        out[k] = v
+    return out
+
+
+@main.command()
+@click.argument("campaign_file", type=click.Path(dir_okay=False))
+@click.option("--var", "variables", multiple=True, help="NAME=VALUE for ${NAME} in the campaign file (e.g. HUMANEVAL=/data/HumanEval-SingleLineInfilling.jsonl.gz).")
+@click.option("--storage", help=STORAGE_HELP)
+@click.option("--gpus", help="GPU indices this agent may use, e.g. 0,1 (default: all visible).")
+@click.option("--dry-run", is_flag=True, help="List the studies and their grid sizes; measure nothing.")
+def campaign(campaign_file: str, variables: tuple[str, ...], storage: str | None, gpus: str | None, dry_run: bool) -> None:
+    """Run every study of a CAMPAIGN_FILE (models x engines x workloads), one after another.
+
+    Start it on several hosts or GPU groups with one shared --storage and the agents share
+    each study's trials; study budgets and stop rules still apply.
+    """
+    from hpo_infer import campaign as camp
+    from hpo_infer.agent import install_signal_handlers
+    from hpo_infer.hardware import detect_gpus
+    from hpo_infer.ui import console
+
+    gpu_list = _parse_gpus(gpus)
+    gpu = detect_gpus()
+    if gpu_list is not None and gpu.name != "cpu":
+        from dataclasses import replace
+
+        gpu = replace(gpu, count=len(gpu_list))
+    name, entries = camp.load(campaign_file, _vars(variables), 0 if gpu.name == "cpu" else gpu.count, storage)
+    names = camp.study_names(entries, gpu)
+    if dry_run:
+        from hpo_infer import space as sp
+
+        for n, e in zip(names, entries):
+            size = sp.grid_size(e.spec.space()) if e.spec.sampler.name == "grid" else "-"
+            click.echo(f"{n}\tgrid points: {size}\tbudget: {e.spec.budget.trials}")
+        return
+    import time
+
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    t0 = time.monotonic()
+
+    def on_study(kind: str, i: int, total: int, sname: str, info: Any) -> None:
+        if kind == "start":
+            console.print(f"[bold]campaign {name}[/bold] study {i + 1}/{total}: {sname}")
+        else:
+            best = f"{info['best']:,.1f} tok/s" if info["best"] is not None else "no feasible trial"
+            console.print(f"  done: {info['trials']} trials, best {best} ({time.monotonic() - t0:,.0f} s into the campaign)")
+
+    results = camp.run(name, entries, gpu, gpu_list, stop, on_study)
+    console.print(f"campaign {name}: {len(results)}/{len(entries)} studies worked through in {time.monotonic() - t0:,.0f} s")
+    if stop.is_set():
+        click.echo("interrupted: run the same command again to resume.", err=True)
+        sys.exit(130)
 
 
 def run() -> Any:  # pragma: no cover - console entry for `python -m hpo_infer`
