@@ -13,7 +13,9 @@ others to end, so a stale one is retried rather than left behind.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -25,6 +27,7 @@ from optuna.trial import TrialState
 
 from hpo_infer import space as sp
 from hpo_infer.engines import load_engine
+from hpo_infer.notes import NoteCallback
 from hpo_infer.protocol import PHASE, REPEAT, STARTED, Event, TrialRequest
 from hpo_infer.runner import COMPLETE, INFEASIBLE_S, STOPPED, TIMEOUT, Outcome, run_worker
 from hpo_infer.study import BASELINE, CONSTRAINT, ROLE
@@ -147,6 +150,8 @@ class Agent:
         self.recorder = recorder
         self.deadline: float | None = None
         self.stopped_because: str | None = None
+        # Recorded on each trial: which agent ran it (host:pid), to follow a fleet's work.
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     # ---- the objective ---------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float:
@@ -170,6 +175,7 @@ class Agent:
             settings = {**self.spec.fixed, **params}
         trial.set_user_attr("settings", settings)
         trial.set_user_attr("fixed", dict(self.spec.fixed))
+        trial.set_user_attr("agent", self.name if self.gpus is None else f"{self.name} gpus {','.join(map(str, self.gpus))}")
         self.progress.update(trial=trial.number, phase="checking")
 
         reason = self.engine.check(settings, self.host_gpus)
@@ -374,7 +380,7 @@ class Agent:
                         self.objective,
                         n_trials=1,
                         catch=(WorkerFailed, Interrupted, Surplus),
-                        callbacks=[self._after_trial],
+                        callbacks=[self._after_trial, NoteCallback()],
                         gc_after_trial=False,
                     )
                     continue

@@ -38,8 +38,7 @@ def upgrade(storage: str | None) -> None:
 
     url = _url(storage)
     try:
-        before = schema.state(url)
-        after = schema.upgrade(url)
+        before, after = schema.upgrade(url)
     except click.ClickException:
         raise
     except Exception as exc:  # noqa: BLE001 - a driver error becomes one line

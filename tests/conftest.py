@@ -56,3 +56,28 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not beside this checkout")
     return SHARED_DATA
+
+
+# ---- PostgreSQL, started by the test run itself (tests/pg.py) ---------------------------------
+@pytest.fixture(scope="session")
+def pg_server():
+    """One throwaway PostgreSQL server for the session; each test gets its own database."""
+    from pg import PgServer, find_bin
+
+    if find_bin() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL binaries missing in CI: scripts/install-dev.sh installs them")
+        pytest.skip("PostgreSQL server binaries not found (scripts/install-dev.sh installs them)")
+    srv = PgServer().start()
+    try:
+        yield srv
+    finally:
+        srv.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty database on the session's server; the URL carries a password."""
+    import uuid
+
+    return pg_server.create_db("t_" + uuid.uuid4().hex[:12])

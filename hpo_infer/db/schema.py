@@ -85,8 +85,11 @@ def state(url: str) -> SchemaState:
     return SchemaState(optuna_rev, _optuna_script().get_current_head(), ours_rev, _our_script().get_current_head(), studies)
 
 
-def upgrade(url: str) -> SchemaState:
-    """Create or migrate Optuna's schema and ours, under the schema lock; returns the new state."""
+def upgrade(url: str) -> tuple[SchemaState, SchemaState]:
+    """Create or migrate Optuna's schema and ours, under the schema lock.
+
+    Returns the state found once the lock was ours, and the state after.
+    """
     from alembic import command
     from sqlalchemy import create_engine
 
@@ -94,6 +97,10 @@ def upgrade(url: str) -> SchemaState:
 
     lock = StudyLock(url, "schema")
     with lock:
+        before = state(url)
+        if before.ready:
+            lock.close()
+            return before, before
         _optuna_upgrade(url)
         engine = create_engine(normalise(url), **engine_kwargs(url))
         try:
@@ -102,7 +109,7 @@ def upgrade(url: str) -> SchemaState:
         finally:
             engine.dispose()
     lock.close()
-    return state(url)
+    return before, state(url)
 
 
 def _optuna_upgrade(url: str) -> None:
@@ -124,7 +131,7 @@ def _optuna_upgrade(url: str) -> None:
 def ensure(url: str) -> SchemaState:
     """What an agent does at start: nothing when both are at head, else the (locked) upgrade."""
     st = state(url)
-    return st if st.ready else upgrade(url)
+    return st if st.ready else upgrade(url)[1]
 
 
 def describe(url: str, st: SchemaState) -> list[str]:
