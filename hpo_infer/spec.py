@@ -316,6 +316,11 @@ def _check_sampler(spec: StudySpec) -> None:
             raise InputError(key, str(exc)) from None
         if n == 0:
             raise InputError(key, "the grid is empty")
+    if name == "gp":
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            raise InputError(key, "the gp sampler needs torch (pip install 'hpo-infer[hf]'), or use tpe")
     if name == "cmaes":
         bad = [n for n, p in spec.space().items() if p.type == "categorical" or p.when]
         if bad:
