@@ -5,7 +5,7 @@ Some steps must not run in two agents at once, or work is lost or repeated: crea
 a trial (the budget counted and a waiting grid point popped by one agent at a time). On
 PostgreSQL this is a session advisory lock (``pg_try_advisory_lock``), which the server drops
 by itself if the holder dies; on SQLite, whose agents share one host, an ``flock`` on a file
-beside the database, which the kernel drops likewise.
+in ``FILE.db.locks/`` (one per lock name), which the kernel drops likewise.
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ class StudyLock:
         from sqlalchemy.engine import make_url
 
         db = Path(make_url(self.url).database or "hpo-infer.db").expanduser().resolve()
-        f = open(f"{db}.lock", "a+")  # noqa: SIM115 - held open while locked
+        folder = Path(f"{db}.locks")
+        folder.mkdir(exist_ok=True)
+        f = open(folder / f"{lock_key(self.name) & 0xFFFFFFFFFFFFFFFF:016x}", "a+")  # noqa: SIM115 - held open while locked
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

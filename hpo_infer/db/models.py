@@ -96,3 +96,13 @@ class Export(Base):
 
 
 TABLES = tuple(Base.metadata.tables)
+
+
+def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+    """Alembic's filter: only our tables (and their columns, indexes); Optuna's are its own business."""
+    if type_ == "table":
+        return bool(name) and name.startswith(PREFIX) and name != VERSION_TABLE
+    table = getattr(obj, "table", None)
+    if table is not None:
+        return str(table.name).startswith(PREFIX)
+    return True

@@ -16,21 +16,11 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from hpo_infer.db.models import PREFIX, VERSION_TABLE, Base
+from hpo_infer.db.models import VERSION_TABLE, Base, include_object
 from hpo_infer.storage import normalise
 
 config = context.config
 target_metadata = Base.metadata
-
-
-def include_object(obj, name, type_, reflected, compare_to) -> bool:  # noqa: ANN001 - alembic's hook
-    """Only our tables (and their indexes/columns); Optuna's are none of our business."""
-    if type_ == "table":
-        return bool(name) and name.startswith(PREFIX) and name != VERSION_TABLE
-    table = getattr(obj, "table", None)
-    if table is not None:
-        return table.name.startswith(PREFIX)
-    return True
 
 
 def _configure(connection) -> None:  # noqa: ANN001
