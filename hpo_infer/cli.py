@@ -63,6 +63,10 @@ def tune(spec_file: str, storage: str | None, trials: int | None, gpus: str | No
     from hpo_infer import spec as spec_mod
 
     spec = spec_mod.load(spec_file, storage)
+    if spec.engine == "vllm":  # names and values the installed vLLM rejects: refused before any trial
+        from hpo_infer.engines.vllm import preflight
+
+        preflight(spec)
     if trials is not None:
         spec.budget.trials = trials
     gpu_list = _parse_gpus(gpus)

