@@ -1,3 +1,3 @@
-from hpo_infer.cli import main
+from hpo_infer.cli import run
 
-main()
+run()

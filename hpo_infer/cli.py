@@ -304,8 +304,22 @@ def campaign(campaign_file: str, variables: tuple[str, ...], storage: str | None
         sys.exit(130)
 
 
-def run() -> Any:  # pragma: no cover - console entry for `python -m hpo_infer`
-    return main()
+def run() -> None:
+    """Console entry: every error a user can cause is one line on stderr, with exit code 2."""
+    try:
+        main.main(standalone_mode=False)
+    except click.UsageError as exc:  # click's own: unknown option, bad value, missing argument
+        cmd = exc.ctx.command_path if exc.ctx is not None else "hpo-infer"
+        click.echo(f"hpo-infer: error: {cmd}: {exc.format_message()} (see {cmd} --help)", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("hpo-infer: aborted", err=True)
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
 
 
 # Commands that live in their own modules register here (each module is import-light).
@@ -318,3 +332,6 @@ main.add_command(db_group)
 from hpo_infer.fleet import worker as worker_cmd  # noqa: E402
 
 main.add_command(worker_cmd)
+from hpo_infer.doctor import doctor_cmd  # noqa: E402
+
+main.add_command(doctor_cmd)
