@@ -49,25 +49,38 @@ def measure(
 ) -> dict[str, Any]:
     """Warm up until steady, then time ``repeats`` passes; returns the median and its spread.
 
-    ``warmup_pass`` defaults to the timed pass itself (same shape). Warm-up stops after
-    ``max_warmups`` passes or once two consecutive passes agree within ``settle_tol``.
+    With an explicit ``warmup_pass`` (a cheaper pass of the timed shape), it runs once. Without
+    one, the timed pass warms up itself: passes run until one agrees with the pass before it
+    within ``settle_tol`` (at most ``max_warmups`` unsettled passes). That settled pass is
+    already a steady measurement, so it counts as the first repeat instead of being thrown away.
     """
     emit(PHASE, {"phase": "warmup", "config": config})
     warm_rates: list[float] = []
     warm_s = 0.0
-    for _ in range(max_warmups):
-        tokens, seconds, _w = timed(warmup_pass or run_pass)
+    first: tuple[int, float, list[tuple[int, float]]] | None = None
+    if warmup_pass is not None:
+        tokens, seconds, _w = timed(warmup_pass)
         warm_s += seconds
         warm_rates.append(tokens / seconds if seconds > 0 else 0.0)
-        if len(warm_rates) >= 2 and abs(warm_rates[-1] - warm_rates[-2]) <= settle_tol * max(warm_rates[-2], 1e-9):
-            break
-        if warmup_pass is not None:  # a cheaper explicit warm-up: one pass is the contract
-            break
+    else:
+        while True:
+            tokens, seconds, windows = timed(run_pass)
+            rate = tokens / seconds if seconds > 0 else 0.0
+            if warm_rates and abs(rate - warm_rates[-1]) <= settle_tol * max(warm_rates[-1], 1e-9):
+                first = (tokens, seconds, windows)
+                break
+            warm_s += seconds
+            warm_rates.append(rate)
+            if len(warm_rates) >= max_warmups:
+                break
     emit(PHASE, {"phase": "measuring", "config": config})
     rates: list[float] = []
     records = []
     for r in range(repeats):
-        tokens, seconds, windows = timed(run_pass)
+        if r == 0 and first is not None:
+            tokens, seconds, windows = first
+        else:
+            tokens, seconds, windows = timed(run_pass)
         rate = tokens / seconds if seconds > 0 else 0.0
         rates.append(rate)
         rec = {
