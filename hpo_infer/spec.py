@@ -220,6 +220,7 @@ def from_dict(
     spec.source = src
     _resolve_paths(spec, base_dir)
     _check_engine(spec)
+    _check_engine_files(spec, base_dir)
     _check_sampler(spec)
     spec.storage = _pick_storage(spec, storage_override)
     return spec
@@ -299,6 +300,16 @@ def _check_engine(spec: StudySpec) -> None:
         why = s.accepts(v)
         if why:
             raise InputError(key, why)
+
+
+def _check_engine_files(spec: StudySpec, base_dir: Path | None) -> None:
+    """Engines that read files named in the spec (replay's recorded table) check them at load."""
+    from hpo_infer.engines import engine_class
+
+    prepare = getattr(engine_class(spec.engine), "prepare_spec", None)
+    problem = prepare(spec, base_dir) if prepare is not None else None
+    if problem:
+        raise InputError(f"{spec.source}: {problem[0]}", problem[1])
 
 
 def _check_sampler(spec: StudySpec) -> None:

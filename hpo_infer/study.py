@@ -20,8 +20,17 @@ BASELINE = "baseline"
 CONSTRAINT = "feasible"  # constraint name: > 0 means infeasible
 
 
+def key_gpu(spec: "StudySpec", gpu: "GPUInfo") -> "GPUInfo":
+    """The GPU a study's key names: the host's, or the one an engine replays measurements of."""
+    from hpo_infer.engines import engine_class
+
+    recorded = getattr(engine_class(spec.engine), "recorded_gpu", None)
+    return recorded(spec) if recorded is not None else gpu
+
+
 def study_name(spec: "StudySpec", gpu: "GPUInfo") -> str:
     """``{engine}:{model}:{gpu}x{n}:{workload}``, stable across runs, so re-running resumes."""
+    gpu = key_gpu(spec, gpu)
     return ":".join(
         [spec.engine, model_label(spec.model.model_dump(exclude_none=True)), gpu.label,
          workload_label(spec.workload.model_dump(exclude_none=True))]
@@ -64,6 +73,7 @@ def create_or_load(spec: "StudySpec", storage: Any, name: str, gpu: "GPUInfo") -
         load_if_exists=True,
     )
     attrs = study.user_attrs
+    gpu = key_gpu(spec, gpu)
     if "engine" not in attrs:
         from hpo_infer.engines import engine_class
 
