@@ -335,3 +335,5 @@ main.add_command(worker_cmd)
 from hpo_infer.doctor import doctor_cmd  # noqa: E402
 
 main.add_command(doctor_cmd)
+from hpo_infer.importgrid import import_grid_cmd; main.add_command(import_grid_cmd)  # noqa: E402,E702
+from hpo_infer.transfer import transfer_cmd; main.add_command(transfer_cmd)  # noqa: E402,E702

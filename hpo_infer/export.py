@@ -48,6 +48,11 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
         "verdict": describe(validation),
         "environment": best.user_attrs.get("env"),
     }
+    from hpo_infer.transfer import summary as transfer_summary
+
+    transfer = transfer_summary(study)  # a transfer study: the paper's gain over the carried-over config
+    if transfer is not None:
+        rec["transfer"] = transfer
     if validation and "best_vs_baseline" in validation:
         rec["revalidated"] = {
             k: {"value": m.get("value"), "repeats": m.get("repeats")} for k, m in validation["measured"].items()

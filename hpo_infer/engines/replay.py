@@ -141,18 +141,27 @@ class ReplayEngine(Engine):
         return GPUInfo(str(spec.fixed.get("gpu", "recorded")), int(n or 1))
 
     # ---- worker process ------------------------------------------------------------------
-    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
-        p = {**self.defaults(), **request.params}
-        emit(PHASE, {"phase": "loading"})
+    @classmethod
+    def lookup(cls, settings: dict[str, Any]) -> tuple[recorded.Table, dict[str, Any], recorded.Resolved]:
+        """The table, the row criteria and what the rows say for one trial's settings.
+
+        Shared by :meth:`run` and ``import-grid``, so an imported grid says what replaying it would.
+        """
+        p = {**cls.defaults(), **settings}
         table = recorded.read(p["table"], p["value_column"])
-        unknown = [k for k in request.params if k not in OPTIONS and k not in table.columns]
+        unknown = [k for k in settings if k not in OPTIONS and k not in table.columns]
         if unknown:
             raise ValueError(f"{table.name}: {unknown[0]!r} is not a column (columns: {', '.join(table.columns)})")
         # Engine defaults (batch_size, num_gpus) count only where the table has the column.
         criteria = {k: v for k, v in p.items() if k not in OPTIONS and k in table.columns}
-        res = recorded.resolve(table.select(criteria), p["oom_partial"], table.value_column)
+        return table, criteria, recorded.resolve(table.select(criteria), p["oom_partial"], table.value_column)
+
+    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+        p = {**self.defaults(), **request.params}
+        emit(PHASE, {"phase": "loading"})
+        table, criteria, res = self.lookup(request.params)
         if res.status == recorded.MISSING:
-            what = _missing(table, criteria)
+            what = missing_message(table, criteria)
             if p["missing"] == "infeasible":
                 raise ReplayInfeasible(f"{what}; treated as infeasible (missing: infeasible)")
             raise LookupError(what)
@@ -197,7 +206,7 @@ def _sampler(res: recorded.Resolved, noise: float, source: str):
     return lambda: max(value * 0.01, rng.gauss(value, sd))
 
 
-def _missing(table: recorded.Table, criteria: dict[str, Any]) -> str:
+def missing_message(table: recorded.Table, criteria: dict[str, Any]) -> str:
     """Name the setting that has no row: the one whose removal finds rows, with what was recorded."""
     culprits = [k for k in criteria if table.select({c: v for c, v in criteria.items() if c != k})]
     if len(culprits) == 1:
