@@ -313,20 +313,24 @@ def _shutdown(llm: Any) -> None:
 
 
 class _StderrTail:
-    """Passes everything written to fd 2 (ours and vLLM's child processes') through, keeping the
-    last lines: vLLM's engine core logs the real error there and raises only a generic one."""
+    """Passes everything written to fds 1 and 2 (ours and vLLM's child processes': vLLM logs to
+    stdout) on to our stderr, keeping the last lines: vLLM's engine core logs the real error
+    there and raises only a generic one. (fd 1 is already the trial log in the worker; the
+    protocol stream is a separate descriptor.)"""
 
     def __init__(self, keep: int = 2000) -> None:
         self.lines: deque[str] = deque(maxlen=keep)
-        self._saved = -1
+        self._saved: list[int] = []
 
     def __enter__(self) -> "_StderrTail":
+        sys.stdout.flush()
         sys.stderr.flush()
-        self._saved = os.dup(2)
+        self._saved = [os.dup(1), os.dup(2)]
         r, w = os.pipe()
+        os.dup2(w, 1)
         os.dup2(w, 2)
         os.close(w)
-        threading.Thread(target=self._pump, args=(r, os.dup(self._saved)), daemon=True).start()
+        threading.Thread(target=self._pump, args=(r, os.dup(self._saved[1])), daemon=True).start()
         return self
 
     def _pump(self, r: int, out: int) -> None:
@@ -349,10 +353,11 @@ class _StderrTail:
         os.close(out)
 
     def __exit__(self, *exc: Any) -> None:
+        sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(self._saved, 2)  # vLLM's children may still hold the pipe; the pump drains it
-        os.close(self._saved)
-        time.sleep(0.2)
+        for fd, saved in zip((1, 2), self._saved):  # vLLM's children may still hold the pipe: the pump drains it
+            os.dup2(saved, fd)
+            os.close(saved)
 
     def root_cause(self) -> str | None:
         """The first error an engine process logged, e.g. ``ValueError: Available memory ...``."""
