@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -225,3 +228,68 @@ def test_worker_by_study_name_runs_the_stored_spec(tmp_path: Path) -> None:
     assert res.returncode == 2 and "SPEC_FILE" in res.stderr
     with sqlite3.connect(tmp_path / "s.db") as c:
         assert {r[0] for r in c.execute("SELECT DISTINCT trial_number FROM hpo_infer_measurement")} == {0, 1, 2, 3}
+
+
+# ---- agents sharing one study (SQLite, one host) ------------------------------------------------
+def _study(url: str) -> optuna.Study:
+    (name,) = optuna.get_all_study_names(url)
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def test_wall_time_is_shared_by_all_agents(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    wall = 6.0
+    path = write_spec(tmp_path, fault_spec(budget={"trials": 1000, "wall_time_s": wall}, fixed={"pass_s": 0.1}, sampler={"name": "random", "seed": 0}))
+    res = run_cli("worker", str(path), "--storage", url, "--agents", "2", cwd=tmp_path, env={"HPO_INFER_HEARTBEAT_S": "1"}, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert res.stdout.count("stopped (wall time)") == 2, res.stdout[-3000:]
+    study = _study(url)
+    deadline = study.user_attrs["hpo_infer_deadline"]
+    starts = [t.datetime_start.timestamp() for t in study.trials]
+    assert max(starts) <= deadline, "no trial starts after the shared deadline"
+    assert len({t.user_attrs["agent"] for t in study.trials}) == 2
+    assert max(t.datetime_complete.timestamp() for t in study.trials) < deadline + 10
+    assert all(t.state.is_finished() for t in study.trials)
+
+
+def test_patience_is_counted_from_the_storage_across_agents(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    patience = 4
+    path = write_spec(tmp_path, fault_spec(budget={"trials": 200, "patience": patience}, sampler={"name": "random", "seed": 3}))
+    res = run_cli("worker", str(path), "--storage", url, "--agents", "2", cwd=tmp_path, env={"HPO_INFER_HEARTBEAT_S": "1"}, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    study = _study(url)
+    trials = study.trials
+    assert len(trials) < 200 and all(t.state.is_finished() for t in trials)
+    feasible = [t for t in trials if t.state.name == "COMPLETE" and t.user_attrs.get("status") == "ok"]
+    best = max(feasible, key=lambda t: t.value)
+    after = [t for t in trials if t.number > best.number]
+    # Each agent stops once `patience` trials have finished without a better one; a trial the
+    # other agent was running at that moment still ends (and is counted).
+    assert patience <= len(after) <= patience + 1, (best.number, len(after), len(trials))
+    assert res.stdout.count("stopped (patience)") == 2
+
+
+def test_each_agent_pins_its_trials_to_its_gpus(tmp_path: Path) -> None:
+    import psutil
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    path = write_spec(tmp_path, fault_spec(budget={"trials": 6}, fixed={"mode": "spawn_child", "pass_s": 0.3}, repeats=2))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo_infer", "worker", str(path), "--storage", url, "--gpus", "2,3,5,7", "--gpus-per-trial", "2"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    seen: set[str] = set()
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            for p in psutil.Process(proc.pid).children(recursive=True):
+                if "hpo_infer.worker" in " ".join(p.cmdline()):
+                    seen.add(p.environ().get("CUDA_VISIBLE_DEVICES", "unset"))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert seen == {"2,3", "5,7"}, seen
+    assert {t.user_attrs["agent"].split(" gpus ")[1] for t in _study(url).trials} == {"2,3", "5,7"}
