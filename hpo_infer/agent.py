@@ -319,7 +319,9 @@ class Agent:
             optuna.storages.fail_stale_trials(self.study)  # a dead agent's trial: failed, queued again
         trials = self.study.get_trials(deepcopy=False)
         finished = [t for t in trials if t.state in FINISHED]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
+        # Running trials far past their timeout belong to nobody (a run without heartbeats that
+        # died): they neither count against the budget nor are waited for.
+        running = [t for t in trials if t.state == TrialState.RUNNING and self._live([t])]
         self.progress.update(done=len(finished), best=_best(finished))
         reason = None
         budget = self.spec.budget.trials
@@ -329,7 +331,7 @@ class Agent:
             reason = "patience"
         elif self.spec.sampler.name == "grid" and not any(t.state == TrialState.WAITING for t in trials):
             reason = "grid done"
-        if reason is not None and running and self._live(running):
+        if reason is not None and running:
             return WAIT
         return reason
 
