@@ -148,7 +148,7 @@ class PgServer:
 
 if __name__ == "__main__":
     srv = PgServer().start()
-    print(srv.url(srv.create_db("hpo")), flush=True)
+    print(srv.create_db("hpo"), flush=True)
     try:
         while True:
             time.sleep(3600)
