@@ -64,7 +64,7 @@ def tune(spec_file: str, storage: str | None, trials: int | None, gpus: str | No
 
     spec = spec_mod.load(spec_file, storage)
     if spec.engine == "vllm":  # names and values the installed vLLM rejects: refused before any trial
-        from hpo_infer.engines.vllm import preflight
+        from hpo_infer.engines.vllm_check import preflight
 
         preflight(spec)
     if trials is not None:

