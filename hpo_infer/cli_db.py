@@ -38,6 +38,7 @@ def upgrade(storage: str | None) -> None:
 
     url = _url(storage)
     try:
+        schema.state(url)  # an unreachable server fails here at once, not after the lock's retries
         before, after = schema.upgrade(url)
     except click.ClickException:
         raise
