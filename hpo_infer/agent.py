@@ -13,6 +13,7 @@ others to end, so a stale one is retried rather than left behind.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -150,6 +151,7 @@ class Agent:
         self.recorder = recorder
         self.deadline: float | None = None
         self.stopped_because: str | None = None
+        self._current: tuple[int, int] | None = None  # (trial id, number) of the trial in hand
         # Recorded on each trial: which agent ran it (host:pid), to follow a fleet's work.
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -157,6 +159,7 @@ class Agent:
     def objective(self, trial: optuna.Trial) -> float:
         if self.lock is not None:
             self.lock.release()  # the trial is ours: other agents may take the next one
+        self._current = (trial._trial_id, trial.number)
         fixed = self.study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
         if self.stop.is_set():
             self._requeue(trial, fixed)
@@ -193,6 +196,8 @@ class Agent:
         prunable = role != BASELINE
         rates: list[float] = []
 
+        broke: list[Exception] = []
+
         def on_event(ev: Event) -> bool:
             if ev.kind == PHASE:
                 self.progress.update(phase=str(ev.data.get("phase")))
@@ -201,12 +206,18 @@ class Agent:
             elif ev.kind == REPEAT:
                 rates.append(float(ev.data["tok_s"]))
                 step = int(ev.data["repeat"])
-                trial.report(sorted(rates)[len(rates) // 2], step)
-                if prunable and trial.should_prune():
+                try:
+                    trial.report(sorted(rates)[len(rates) // 2], step)
+                    if prunable and trial.should_prune():
+                        return False
+                except Exception as exc:  # noqa: BLE001 - storage gone or trial taken over: end the worker first
+                    broke.append(exc)
                     return False
             return True
 
         out = run_worker(request, self.spec.trial_timeout_s, on_event, self.gpus, self.stop)
+        if broke:
+            raise broke[0]  # the worker tree is dead by now
         self._record(trial, out)
         r = out.first
         if out.status == STOPPED:
@@ -258,8 +269,6 @@ class Agent:
 
             why = mask(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[:300]
             trial.set_user_attr("measurements_error", why)
-            import logging
-
             logging.getLogger("hpo_infer.agent").warning("trial %d: measurements not written: %s", trial.number, why)
 
     def _record_attrs(self, trial: optuna.Trial, out: Outcome) -> None:
@@ -378,13 +387,23 @@ class Agent:
                 why = self.stop_reason()
                 if why is None:
                     # The lock is released inside the objective, once the trial is ours.
-                    self.study.optimize(
-                        self.objective,
-                        n_trials=1,
-                        catch=(WorkerFailed, Interrupted, Surplus),
-                        callbacks=[self._after_trial, NoteCallback()],
-                        gc_after_trial=False,
-                    )
+                    try:
+                        self.study.optimize(
+                            self.objective,
+                            n_trials=1,
+                            catch=(WorkerFailed, Interrupted, Surplus),
+                            callbacks=[self._after_trial, NoteCallback()],
+                            gc_after_trial=False,
+                        )
+                    except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+                        if not self._taken_over(exc):
+                            raise
+                        # Our heartbeat went stale (say, a database outage longer than the grace
+                        # period): another agent failed the trial and queued its retry.
+                        logging.getLogger("hpo_infer.agent").warning(
+                            "trial %s was failed by another agent (stale heartbeat); its retry will run (%s)",
+                            self._current[1], str(exc)[:200],
+                        )
                     continue
             finally:
                 self.lock.release()
@@ -395,6 +414,15 @@ class Agent:
             self.stopped_because = why
             self.progress.update(phase=f"stopped: {why}")
             return
+
+    def _taken_over(self, exc: Exception) -> bool:
+        """Whether the trial just run was failed in the storage by someone else before we told it."""
+        told_finished = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a ")
+        if self._current is None or not told_finished:
+            return False
+        storage = self.study._storage
+        backend = getattr(storage, "_backend", storage)  # past the cache: what the database says
+        return backend.get_trial(self._current[0]).state == TrialState.FAIL
 
     def close(self) -> None:
         if self.lock is not None:

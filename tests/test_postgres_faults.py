@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
 from optuna.trial import TrialState
@@ -137,3 +138,43 @@ def test_sigterm_stops_every_agent_cleanly_exit_0_and_the_interrupted_trials_run
     res = run_cli("worker", str(path), "--storage", pg_url, "--agents", "2", cwd=tmp_path, env=FAST_HEARTBEAT, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert_grid_once(load(pg_url), spec)
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trial_failed_under_a_live_agent_is_let_go_and_the_agent_carries_on(tmp_path: Path, pg_url: str) -> None:
+    """What a database outage longer than the grace period does: another agent fails our trial
+    as stale (and queues its retry) while we still run it. We end our worker and go on."""
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from hpo_infer.storage import normalise
+
+    spec = grid_spec(
+        search_space={"x": {"type": "int", "low": 20, "high": 22, "step": 2}, "y": {"type": "int", "low": 1, "high": 2}},
+        fixed={"mode": "spawn_child", "pass_s": 0.5},
+        repeats=4,
+    )
+    path = write_spec(tmp_path, spec)
+    tag = uuid.uuid4().hex
+    proc = start_worker(path, pg_url, "--agents", "1", tag=tag, env=FAST_HEARTBEAT, log=tmp_path / "w.log")
+    try:
+        worker, grandchild = _trial_tree(psutil.Process(proc.pid))
+        storage = optuna.storages.RDBStorage(normalise(pg_url), skip_table_creation=True)
+        study = optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+        (t,) = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # as fail_stale_trials does
+        RetryHeartbeatStaleTrialCallback(max_retry=2)(study, storage.get_trial(t._trial_id))
+        gone, alive = psutil.wait_procs([worker, grandchild], timeout=15)
+        assert not alive, "the worker of a trial taken over is ended"
+        rc = proc.wait(timeout=200)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = (tmp_path / "w.log").read_text()
+    assert rc == 0, out[-3000:]
+    assert f"trial {t.number} was failed by another agent" in out
+    time.sleep(0.5)
+    assert not tagged(tag)
+    study = load(pg_url)
+    assert_grid_once(study, spec)
+    (retry,) = [r for r in study.trials if r.system_attrs.get("failed_trial") == t.number]
+    assert retry.state == TrialState.COMPLETE
