@@ -119,12 +119,11 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(norm(a[k]) == norm(b[k]) for k in a)
 
 
-def import_grid(spec: "StudySpec", storage: Any, baseline: dict[str, Any] | None = None) -> Imported:
-    """Add the grid to the spec's study (created if new); refuses a second import."""
+def import_grid(spec: "StudySpec", storage: Any, trials: list["optuna.trial.FrozenTrial"], info: Imported) -> Imported:
+    """Add :func:`grid_trials`' trials to the spec's study (created if new); refuses a second import."""
     from hpo_infer.hardware import GPUInfo
     from hpo_infer.study import create_or_load, study_name
 
-    trials, info = grid_trials(spec, baseline)  # every check before anything is written
     host = GPUInfo("cpu", 1)  # unused: a replay study's key names the recorded GPU
     name = study_name(spec, host)
     import optuna
@@ -153,7 +152,8 @@ def import_grid_cmd(spec_file: str, storage: str | None, baseline: str | None) -
 
     spec = spec_mod.load(spec_file, storage)
     point = parse_point(baseline) if baseline else None
-    info = import_grid(spec, _open(spec.storage), point)
+    trials, info = grid_trials(spec, point)  # every check before the storage is opened (and created)
+    info = import_grid(spec, _open(spec.storage), trials, info)
     click.echo(f"study {info.study}")
     click.echo(f"imported {info.trials} trials: {info.feasible} ok, {info.infeasible} infeasible, {info.failed} failed")
     if info.skipped:

@@ -44,6 +44,13 @@ class Row:
     cells: dict[str, Any]
     value: float | None
     status: str
+    keys: dict[str, tuple[int, Any]] = field(default_factory=dict, compare=False)  # norm() of each cell
+
+    def __post_init__(self) -> None:
+        self.keys.update({k: norm(v) for k, v in self.cells.items()})
+
+    def key(self, column: str) -> tuple[int, Any]:
+        return self.keys.get(column) or norm(None)
 
 
 @dataclass
@@ -52,6 +59,7 @@ class Table:
     columns: list[str]
     rows: list[Row]
     value_column: str = VALUE
+    _indexes: dict[str, dict[tuple[int, Any], list[Row]]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -59,16 +67,26 @@ class Table:
 
     def values_of(self, column: str, rows: Iterable[Row] | None = None) -> list[Any]:
         """Distinct values of a column, sorted (numbers before text)."""
-        vals = {norm(r.cells.get(column)): r.cells.get(column) for r in (self.rows if rows is None else rows)}
+        vals = {r.key(column): r.cells.get(column) for r in (self.rows if rows is None else rows)}
         return [vals[k] for k in sorted(vals, key=lambda k: (k[0], k[1]))]
 
     def select(self, criteria: dict[str, Any], rows: Iterable[Row] | None = None) -> list[Row]:
-        want = {k: norm(v) for k, v in criteria.items()}
-        return [r for r in (self.rows if rows is None else rows) if all(norm(r.cells.get(k)) == v for k, v in want.items())]
+        want = [(k, norm(v)) for k, v in criteria.items()]
+        if rows is None:  # start from the smallest indexed bucket: lookups stay fast on big tables
+            rows = min((self._index(k).get(v, []) for k, v in want), key=len, default=self.rows)
+        return [r for r in rows if all(r.key(k) == v for k, v in want)]
+
+    def _index(self, column: str) -> dict[tuple[int, Any], list[Row]]:
+        if column not in self._indexes:
+            idx: dict[tuple[int, Any], list[Row]] = {}
+            for r in self.rows:
+                idx.setdefault(r.key(column), []).append(r)
+            self._indexes[column] = idx
+        return self._indexes[column]
 
     def is_row_id(self, column: str) -> bool:
         """A column with a different value on every row (``source_row``) labels rows, it is no setting."""
-        return len(self.rows) > 1 and len({norm(r.cells.get(column)) for r in self.rows}) == len(self.rows)
+        return len(self.rows) > 1 and len({r.key(column) for r in self.rows}) == len(self.rows)
 
 
 @dataclass
@@ -104,6 +122,8 @@ def cell(text: str) -> Any:
         return None
     if t.lower() in ("true", "false"):
         return t.lower() == "true"
+    if t[0] not in "+-.0123456789":
+        return t
     try:
         return int(t)
     except ValueError:
@@ -120,7 +140,7 @@ def fmt(criteria: dict[str, Any]) -> str:
 
 def read(path: str | os.PathLike[str], value_column: str = VALUE) -> Table:
     """Read and check a table; cached per file version, since trials and benchmarks re-read it."""
-    p = Path(path)
+    p = Path(path).resolve()
     try:
         st = p.stat()
     except OSError:
@@ -222,7 +242,7 @@ def landscape(table: Table, filters: dict[str, Any], settings: list[str], oom_pa
     groups: dict[tuple[Any, ...], list[Row]] = {}
     keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
     for r in table.select(filters):
-        k = tuple(norm(r.cells.get(s)) for s in settings)
+        k = tuple(r.key(s) for s in settings)
         groups.setdefault(k, []).append(r)
         keys.setdefault(k, tuple(r.cells.get(s) for s in settings))
     return {keys[k]: resolve(rows, oom_partial, table.value_column) for k, rows in groups.items()}

@@ -225,7 +225,7 @@ def _varying_column(table: recorded.Table, rows: list[recorded.Row], filters: di
             continue
         groups: dict[tuple[Any, ...], set[Any]] = {}
         for r in rows:
-            groups.setdefault(tuple(recorded.norm(r.cells.get(s)) for s in searched), set()).add(recorded.norm(r.cells.get(col)))
+            groups.setdefault(tuple(r.key(s) for s in searched), set()).add(r.key(col))
         if any(len(v) > 1 for v in groups.values()):
             return "fixed", f"column {col!r} of {table.name} takes several values ({_list(table.values_of(col, rows))}) for one setting combination: add {col} to fixed to pick one"
     return None
