@@ -368,7 +368,8 @@ class Agent:
             from hpo_infer.db.record import Recorder
 
             schema.ensure(url)
-            self.recorder = Recorder(url)
+            backend = getattr(self.study._storage, "_backend", None)
+            self.recorder = Recorder(url, engine=getattr(backend, "engine", None))
 
     def run(self) -> None:
         """Optimise until a stop rule fires, the budget is spent, or a signal arrives."""

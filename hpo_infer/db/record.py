@@ -52,14 +52,17 @@ def rows(out: "Outcome") -> Iterator[dict[str, Any]]:
 class Recorder:
     """Our tables in one study database; one engine (connection pool) per agent."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, engine: Any = None) -> None:
+        """``engine``: share a pool (the agent passes Optuna's, so a fleet opens fewer connections)."""
         from sqlalchemy import create_engine
 
         self.url = url
-        self.engine = create_engine(normalise(url), **engine_kwargs(url))
+        self._own = engine is None
+        self.engine = engine if engine is not None else create_engine(normalise(url), **engine_kwargs(url))
 
     def close(self) -> None:
-        self.engine.dispose()
+        if self._own:
+            self.engine.dispose()
 
     def _environment_id(self, session: Any, env: dict[str, Any]) -> int | None:
         from sqlalchemy import select
