@@ -13,6 +13,7 @@ others to end, so a stale one is retried rather than left behind.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -87,14 +88,24 @@ def enqueue_baseline(study: optuna.Study, spec: "StudySpec") -> None:
     study.enqueue_trial(params, user_attrs={ROLE: BASELINE, "baseline_params": sorted(params)})
 
 
+def _point_key(params: dict[str, Any]) -> str:
+    return json.dumps(sorted(params.items()), default=str)
+
+
 def enqueue_grid(study: optuna.Study, spec: "StudySpec") -> int:
-    """Every grid point once, up front; ``skip_if_exists`` keeps re-runs and agents from doubling."""
+    """Every grid point once, up front. Points some trial already has (a re-run after a crash
+    mid-enqueue, the baseline) are skipped, as ``skip_if_exists`` would, but with one read of
+    the study instead of one per point (quadratic: 24 s for 400 points). Agents call this under
+    the study lock, so two of them never enqueue at once."""
     key = "grid_enqueued"
     if study.user_attrs.get(key):
         return 0
     points = sp.grid(spec.space())
+    have = {_point_key(t.system_attrs.get("fixed_params", t.params)) for t in study.get_trials(deepcopy=False)}
     for pt in points:
-        study.enqueue_trial(pt, user_attrs={ROLE: "grid"}, skip_if_exists=True)
+        if _point_key(pt) not in have:
+            study.enqueue_trial(pt, user_attrs={ROLE: "grid"})
+            have.add(_point_key(pt))
     study.set_user_attr(key, len(points))
     return len(points)
 
