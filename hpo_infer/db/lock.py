@@ -20,7 +20,7 @@ from hpo_infer.db.retry import call_with_retry
 from hpo_infer.errors import StorageError
 from hpo_infer.storage import normalise
 
-WAIT_S = 300.0
+WAIT_S = 1800.0  # long: the agent seeding a large grid holds the lock while it enqueues
 
 
 def lock_key(name: str) -> int:
