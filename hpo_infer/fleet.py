@@ -26,6 +26,13 @@ from hpo_infer.errors import InputError, StorageError
 if TYPE_CHECKING:
     from hpo_infer.spec import StudySpec
 
+class AgentError(click.ClickException):
+    """An agent broke for a reason that is neither bad input nor the storage: one line, exit 1."""
+
+    def show(self, file: Any = None) -> None:  # noqa: D102
+        click.echo(f"hpo-infer: error: {self.format_message()}", err=True)
+
+
 STORAGE_HELP = "Study storage URL (sqlite:///FILE or postgresql://USER:PASSWORD@HOST/DB). Default: $HPO_INFER_STORAGE, else the spec's, else sqlite:///hpo-infer.db."
 AGENT_ENV = "HPO_INFER_AGENT"  # set by the parent for each agent process it starts: its tag
 READY_ENV = "HPO_INFER_SCHEMA_READY"  # set by the parent: the schema was checked, skip it
@@ -168,7 +175,12 @@ def worker(
     except Exception as exc:  # noqa: BLE001 - one masked line, not a traceback with a URL in it
         if os.environ.get("HPO_INFER_DEBUG"):
             raise
-        raise StorageError(mask(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")) from None
+        from hpo_infer.db.retry import is_transient
+
+        line = mask(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        if is_transient(exc) or type(exc).__module__.startswith(("sqlalchemy", "optuna.storages", "psycopg")):
+            raise StorageError(line) from None
+        raise AgentError(f"{line} (HPO_INFER_DEBUG=1 shows the traceback)") from None
     sys.exit(rc)
 
 
@@ -254,7 +266,11 @@ def _run_agents(groups: list[list[int] | None], per_trial: int, spec_file: str |
 def _summary_by_name(url: str, name: str) -> None:
     import optuna
 
-    _summary(optuna.load_study(study_name=name, storage=_open(url)))
+    try:
+        study = optuna.load_study(study_name=name, storage=_open(url))
+    except KeyError:
+        return  # no agent got as far as creating the study: their errors say why
+    _summary(study)
 
 
 def _summary(study: Any) -> None:
