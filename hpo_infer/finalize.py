@@ -106,12 +106,19 @@ def describe(v: dict[str, Any] | None) -> str:
             f"{k}: {m.get('error') or m.get('status')}" for k, m in v.get("measured", {}).items() if m.get("status") != COMPLETE
         )
     text = f"best vs baseline {bb['gain_pct']:+.1f}% (p={_p(bb['p_value'])})"
-    text += ": larger than the noise" if bb["significant"] and bb["gain_pct"] > 0 else ": inside the noise, a tie with the engine defaults"
+    if not bb["significant"]:
+        text += ": inside the noise, a tie with the engine defaults"
+    elif bb["gain_pct"] > 0:
+        text += ": larger than the noise"
+    else:
+        text += ": worse than the engine defaults, larger than the noise (keep the defaults)"
     br = v.get("best_vs_runner_up")
     if br is not None:
         text += f"; vs runner-up {br['gain_pct']:+.1f}% (p={_p(br['p_value'])})"
         if not br["significant"]:
             text += ", a tie"
+        elif br["gain_pct"] < 0:
+            text += ", the runner-up measured better on re-validation"
     return text
 
 

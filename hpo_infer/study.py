@@ -37,8 +37,12 @@ def study_name(spec: "StudySpec", gpu: "GPUInfo") -> str:
     )
 
 
-def make_sampler(spec: "StudySpec") -> optuna.samplers.BaseSampler:
+def make_sampler(spec: "StudySpec", offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. ``offset`` (trials already in the study) shifts the seed on resume:
+    a seeded sampler restarted with the same seed proposes the same start-up points again."""
     s = spec.sampler
+    if s.seed is not None and offset:
+        s = s.model_copy(update={"seed": s.seed + offset})
     opts = dict(s.options)
     if s.name == "tpe":
         opts.setdefault("n_startup_trials", 5)
@@ -72,6 +76,9 @@ def create_or_load(spec: "StudySpec", storage: Any, name: str, gpu: "GPUInfo") -
         direction="maximize",
         load_if_exists=True,
     )
+    existing = len(study.get_trials(deepcopy=False))
+    if existing:
+        study.sampler = make_sampler(spec, offset=existing)
     attrs = study.user_attrs
     gpu = key_gpu(spec, gpu)
     if "engine" not in attrs:

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -132,7 +133,7 @@ def settings_table(engine: Any) -> None:
         table.add_column(col)
     for s in engine.settings:
         allowed = ", ".join(map(str, s.choices)) if s.choices else f"{s.low if s.low is not None else ''}..{s.high if s.high is not None else ''}"
-        table.add_row(s.name, s.kind, str(s.default), allowed, json.dumps(s.space) if s.space else "", s.help)
+        table.add_row(*(escape(x) for x in (s.name, s.kind, str(s.default), allowed, json.dumps(s.space) if s.space else "", s.help)))
     console.print(table)
 
 

@@ -156,3 +156,23 @@ def test_export_errors(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no study named 'no-such-study'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_cli("export", study.study_name, "--storage", db, "--format", "vllm-cli")
     assert r.returncode == 2 and "vllm-cli exports vLLM studies" in r.stderr
+
+
+def test_resuming_a_seeded_study_does_not_repeat_its_start_up_points(tmp_path: Path) -> None:
+    """A seeded sampler restarted with the same seed would propose the same points again."""
+    spec = fault_spec(
+        sampler={"name": "tpe", "seed": 0}, budget={"trials": 3}, repeats=1,
+        search_space={"x": {"type": "int", "low": 1, "high": 1024}, "y": {"type": "int", "low": 1, "high": 16}},
+    )
+    _tune(tmp_path, spec)
+    spec["budget"] = {"trials": 6}
+    study, _ = _tune(tmp_path, spec)
+    sampled = [tuple(sorted(t.params.items())) for t in study.trials[1:]]
+    assert len(sampled) == 5 and len(set(sampled)) == 5, sampled
+
+
+def test_a_significant_loss_is_not_called_a_tie() -> None:
+    from hpo_infer.finalize import describe
+
+    v = {"best_vs_baseline": {"gain_pct": -55.6, "p_value": 0.004, "significant": True}}
+    assert "worse than the engine defaults" in describe(v) and "tie" not in describe(v)
