@@ -45,8 +45,13 @@ def kill_own_tree() -> None:
 
 
 def _on_term(signum: int, frame: Any) -> None:
-    kill_own_tree()
-    os._exit(128 + signum)
+    # SIGTERM can come twice (the parent-death signal, then another): a second one must not
+    # re-enter this handler half-way, or the tree is left alive.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        kill_own_tree()
+    finally:
+        os._exit(128 + signum)
 
 
 class Channel:
@@ -68,6 +73,8 @@ CHANNEL: Channel | None = None
 
 def main() -> int:
     global CHANNEL
+    import psutil  # noqa: F401 - imported now, not inside the SIGTERM handler (re-entrant import broke it)
+
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGTERM, _on_term)
@@ -108,4 +115,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        code = main()
+    except BaseException:
+        kill_own_tree()  # e.g. a broken pipe once the agent is gone: no orphan survives the worker
+        raise
+    sys.exit(code)

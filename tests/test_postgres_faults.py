@@ -72,7 +72,7 @@ def test_sigkill_an_agent_mid_trial_its_worker_tree_dies_and_another_agent_retri
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait(timeout=10)
         gone, alive = psutil.wait_procs([worker, grandchild], timeout=15)
-        assert not alive, f"left behind by the killed agent: {[p.pid for p in alive]}"
+        assert not alive, f"left behind by the killed agent: {[(p.pid, p.cmdline(), p.ppid()) for p in alive]}"
 
         for p in procs[1:]:
             assert p.wait(timeout=300) == 0, (tmp_path / "a1.log").read_text()[-3000:]
