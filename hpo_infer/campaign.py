@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hpo_infer.errors import InputError
-from hpo_infer.spec import StudySpec, from_dict
+from hpo_infer.spec import StudySpec, from_dict, read_yaml
 
 CAMPAIGN_KEYS = {"name", "storage", "defaults", "models", "engines", "workloads", "cap_gpus"}
 GPU_PARAMS = ("num_gpus", "tensor_parallel_size")
@@ -81,12 +79,7 @@ def load(path: str, variables: dict[str, str] | None = None, host_gpus: int = 0,
     """Read a campaign file and expand it into validated study specs (one line errors, exit 2)."""
     src = str(path)
     p = Path(path)
-    if not p.is_file():
-        raise InputError(src, "no such file")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InputError(src, f"invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    raw = read_yaml(p)
     if not isinstance(raw, dict):
         raise InputError(src, "a campaign is a mapping with defaults, models and engines")
     unknown = sorted(set(raw) - CAMPAIGN_KEYS)

@@ -32,12 +32,18 @@ def _storage_url(flag: str | None) -> str:
 
 
 def _open(url: str, heartbeat: bool = False):
+    """Open the study storage. A long job (``heartbeat``) waits for an unreachable database
+    with backoff for ``HPO_INFER_DB_RETRY_S`` (a database restarting under a fleet); a quick
+    command fails at once. Either way the error is one line with the password masked."""
+    from hpo_infer.db.retry import call_with_retry, retry_window_s
     from hpo_infer.storage import mask, open_storage
 
+    window = retry_window_s() if heartbeat else 0.0
     try:
-        return open_storage(url, heartbeat=heartbeat)
+        return call_with_retry(lambda: open_storage(url, heartbeat=heartbeat), "opening the storage", window)
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
-        raise StorageError(f"cannot open {mask(url)}: {mask(str(exc).splitlines()[0])}") from None
+        waited = f" (retried for {window:g} s)" if window else ""
+        raise StorageError(f"cannot open {mask(url)}{waited}: {mask(str(exc).splitlines()[0])}") from None
 
 
 def _parse_gpus(value: str | None) -> list[int] | None:

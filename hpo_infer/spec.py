@@ -117,7 +117,7 @@ class WorkloadSpec(BaseModel):
 
 class SamplerSpec(BaseModel):
     model_config = _STRICT
-    name: Literal["tpe", "grid", "random", "gp", "cmaes"] = "tpe"
+    name: Literal["auto", "tpe", "grid", "random", "gp", "cmaes"] = "auto"  # auto: see study.sampler_name
     seed: Optional[int] = None
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -189,14 +189,14 @@ def _pydantic_line(err: ValidationError) -> tuple[str, str]:
     return _where(loc), msg
 
 
-def load(path: str | os.PathLike[str], storage_override: str | None = None) -> StudySpec:
-    """Read and validate a spec file; raise :class:`InputError` naming file, key and problem."""
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file safely; a missing file or bad YAML is one line naming file and line."""
     src = str(path)
     p = Path(path)
     if not p.is_file():
         raise InputError(src, "no such file")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}: " if mark is not None else ""
@@ -204,7 +204,12 @@ def load(path: str | os.PathLike[str], storage_override: str | None = None) -> S
         raise InputError(src, f"{line}invalid YAML: {problem}") from None
     except UnicodeDecodeError:
         raise InputError(src, "not a UTF-8 text file") from None
-    return from_dict(raw, src, storage_override, base_dir=p.parent)
+
+
+def load(path: str | os.PathLike[str], storage_override: str | None = None) -> StudySpec:
+    """Read and validate a spec file; raise :class:`InputError` naming file, key and problem."""
+    raw = read_yaml(path)
+    return from_dict(raw, str(path), storage_override, base_dir=Path(path).parent)
 
 
 def from_dict(
