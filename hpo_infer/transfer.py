@@ -9,7 +9,8 @@ then its next best few, and spends the rest of the budget searching. The gain of
 over the carried-over config is the paper's metric; over the defaults, the usual one.
 
 Paper semantics for the carried-over reference: if the source's best does not run on the new
-GPU (OOM, or no value), the next-best carried config that does stands in for it.
+GPU (OOM, or no value), the next-best carried config that does stands in for it; while none of
+them has run, the source's next config is queued after each trial, down its whole ranking.
 """
 
 from __future__ import annotations
@@ -114,18 +115,33 @@ def carry_plan(source: Sequence["optuna.trial.FrozenTrial"], space: dict[str, "P
     return out
 
 
+def enqueue_carried(target: "optuna.Study", source_name: str, params: dict[str, Any], attrs: dict[str, Any]) -> None:
+    from hpo_infer.study import ROLE
+
+    role = CARRIED if attrs[RANK] == 0 else WARM
+    target.enqueue_trial(params, user_attrs={ROLE: role, "carried_from": source_name, **attrs})
+
+
+def fallback(trials: Sequence["optuna.trial.FrozenTrial"], plan: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The source's next config to measure when every carried config so far finished without
+    running on the new GPU: the paper walks down the old GPU's ranking until one runs."""
+    carried = [t for t in trials if RANK in t.user_attrs]
+    if not carried or any(not t.state.is_finished() for t in carried) or any(_feasible(t) for t in carried):
+        return None
+    nxt = max(int(t.user_attrs[RANK]) for t in carried) + 1
+    return plan[nxt] if nxt < len(plan) else None
+
+
 def enqueue_transfer(target: "optuna.Study", spec: "StudySpec", source: "optuna.Study", n: int = DEFAULT_CARRY) -> list[int]:
     """Baseline, then the carried-over config, then the next best; once per target study."""
     from hpo_infer.agent import enqueue_baseline
-    from hpo_infer.study import ROLE
 
     if target.user_attrs.get(KEY):
         return []
     enqueue_baseline(target, spec)
     plan = carry_plan(source.get_trials(deepcopy=False), spec.space(), n)
     for params, attrs in plan:
-        role = CARRIED if attrs[RANK] == 0 else WARM
-        target.enqueue_trial(params, user_attrs={ROLE: role, "carried_from": source.study_name, **attrs})
+        enqueue_carried(target, source.study_name, params, attrs)
     target.set_user_attr(
         KEY,
         {
@@ -136,6 +152,23 @@ def enqueue_transfer(target: "optuna.Study", spec: "StudySpec", source: "optuna.
         },
     )
     return [a["source_trial"] for _, a in plan]
+
+
+def transfer_agent(spec: "StudySpec", study: "optuna.Study", source: "optuna.Study", **kw: Any):
+    """An :class:`~hpo_infer.agent.Agent` that, after each trial, queues the paper's fallback
+    (:func:`fallback`) while no carried config has run on the new GPU."""
+    from hpo_infer.agent import Agent
+
+    plan = carry_plan(source.get_trials(deepcopy=False), spec.space(), n=10**6)
+
+    class TransferAgent(Agent):
+        def _after_trial(self, st: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+            super()._after_trial(st, trial)
+            nxt = fallback(st.get_trials(deepcopy=False), plan)
+            if nxt is not None:
+                enqueue_carried(st, source.study_name, *nxt)
+
+    return TransferAgent(spec, study, **kw)
 
 
 def target_spec(source: "optuna.Study", to_gpu: str, spec_file: str | None, storage_url: str) -> tuple["StudySpec", "GPUInfo"]:
@@ -194,7 +227,7 @@ def transfer_cmd(source_name: str, to_gpu: str, spec_file: str | None, trials: i
     the engine defaults, and stores both in the study for `export`.
     """
     from hpo_infer import cli
-    from hpo_infer.agent import Agent, Progress, install_signal_handlers
+    from hpo_infer.agent import Progress, install_signal_handlers
     from hpo_infer.storage import mask
     from hpo_infer.study import create_or_load, study_name
     from hpo_infer.ui import print_summary, progress_display
@@ -206,6 +239,10 @@ def transfer_cmd(source_name: str, to_gpu: str, spec_file: str | None, trials: i
 
         url = spec_mod.load(source_name, storage).storage
     spec, gpu = target_spec(source, to_gpu, spec_file, url)
+    if spec.engine == "vllm":  # as tune: names and values the installed vLLM rejects, refused first
+        from hpo_infer.engines.vllm_check import preflight
+
+        preflight(spec)
     if trials is not None:
         spec.budget.trials = trials
     name = study_name(spec, gpu)
@@ -222,7 +259,7 @@ def transfer_cmd(source_name: str, to_gpu: str, spec_file: str | None, trials: i
     install_signal_handlers(stop)
     progress = Progress()
     host = 0 if gpu.name in ("cpu",) else gpu.count
-    agent = Agent(spec, study, gpus=gpu_list, host_gpus=host, progress=progress, stop=stop)
+    agent = transfer_agent(spec, study, source, gpus=gpu_list, host_gpus=host, progress=progress, stop=stop)
     with progress_display(progress, spec.budget.trials):
         agent.run()
     validation = study.user_attrs.get("validation")

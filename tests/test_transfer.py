@@ -94,6 +94,21 @@ def test_transfer_carries_the_best_over_and_reports_the_papers_gain(tmp_path: Pa
     assert study.user_attrs["transfer"]["gain"]["gain_vs_carried_pct"] == pytest.approx(100 * 16 / 9)
 
 
+def test_transfer_walks_down_the_source_ranking_until_a_carried_config_runs(tmp_path: Path) -> None:
+    """Only A's best is queued (--carry 1); it is OOM on B, so A's second best is queued next."""
+    spec = _spec(tmp_path)
+    db = tmp_path / "t.db"
+    assert run_cli("import-grid", str(spec), "--storage", f"sqlite:///{db}", cwd=tmp_path).returncode == 0
+    res = run_cli("transfer", "--from", SRC, "--to-gpu", "B", "--trials", "3", "--carry", "1", "--spec", str(write_spec(tmp_path, {
+        **replay_spec("grid.csv", search_space={"batch_size": {"type": "categorical", "choices": [1, 2, 4]}, "num_gpus": {"type": "categorical", "choices": [1, 2]}}),
+        "sampler": {"name": "random", "seed": 0}}, "b.yaml")), "--storage", f"sqlite:///{db}", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    t = _load(db, DST).trials
+    assert [x.user_attrs.get("hpo_infer_role") for x in t] == ["baseline", "carried_over", "warm_start"]
+    assert t[1].constraints == {"feasible": 1.0} and t[2].params == {"batch_size": 2, "num_gpus": 1} and t[2].user_attrs[RANK] == 1
+    assert "+0.00% (the paper's metric)" in res.stdout  # 9.0 vs 9.0: the fallback is the best so far
+
+
 @pytest.mark.parametrize(
     "args, problem",
     [
@@ -111,6 +126,20 @@ def test_transfer_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, args:
     assert res.returncode == 2, res.stderr
     assert "\n" not in res.stderr.strip() and problem in res.stderr, res.stderr
     assert [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")] == [SRC]
+
+
+def test_transfer_of_a_measured_study_runs_on_the_new_gpus_host(tmp_path: Path) -> None:
+    """A study of a real engine moves to the GPU the command runs on: naming another is refused."""
+    from conftest import fault_spec
+
+    db = tmp_path / "f.db"
+    spec = write_spec(tmp_path, fault_spec(budget={"trials": 1}))
+    assert run_cli("tune", str(spec), "--storage", f"sqlite:///{db}", cwd=tmp_path).returncode == 0
+    (name,) = [s.study_name for s in optuna.get_all_study_summaries(f"sqlite:///{db}")]
+    res = run_cli("transfer", "--from", name, "--to-gpu", "H100", "--storage", f"sqlite:///{db}", cwd=tmp_path)
+    assert res.returncode == 2 and "--to-gpu: this host has cpu, not H100: run transfer on the new GPU's host" in res.stderr, res.stderr
+    res = run_cli("transfer", "--from", name, "--storage", f"sqlite:///{db}", cwd=tmp_path)  # auto: this host, the source's own
+    assert res.returncode == 2 and "the new study would be the source itself" in res.stderr, res.stderr
 
 
 def _trial(number: int, value: float | None, params: dict, feasible: bool = True, **attrs) -> optuna.trial.FrozenTrial:

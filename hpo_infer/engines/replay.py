@@ -23,6 +23,7 @@ study full of failed trials.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import statistics
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 PAPER_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1028)  # the data says 1028, not 1024
 PAPER_NUM_GPUS = (1, 2, 4, 8)
-OPTIONS = ("table", "value_column", "missing", "oom_partial", "noise", "noise_source")
+OPTIONS = ("table", "value_column", "missing", "oom_partial", "snap", "noise", "noise_source")
 
 
 class ReplayInfeasible(RuntimeError):
@@ -72,6 +73,9 @@ class ReplayEngine(Engine):
                 help="a configuration with no row: an error naming it, or infeasible (e.g. never run because it did not fit)"),
         Setting("oom_partial", "categorical", "infeasible", choices=("infeasible", "value"),
                 help="an oom/error row that still carries a throughput: infeasible, or use its value as the paper did"),
+        Setting("snap", "categorical", "exact", choices=("exact", "nearest"),
+                help="nearest: a number between recorded values takes the nearest one (log scale), so an int range "
+                     "(e.g. batch_size 1..1024, log) replays a recorded powers-of-two grid"),
         Setting("noise", "float", 0.0, low=0.0, high=1.0, help="relative standard deviation added to each timed pass"),
         Setting("noise_source", "categorical", "relative", choices=("relative", "recorded"),
                 help="recorded: draw each pass from the configuration's recorded repeats (or its _std column)"),
@@ -154,6 +158,8 @@ class ReplayEngine(Engine):
             raise ValueError(f"{table.name}: {unknown[0]!r} is not a column (columns: {', '.join(table.columns)})")
         # Engine defaults (batch_size, num_gpus) count only where the table has the column.
         criteria = {k: v for k, v in p.items() if k not in OPTIONS and k in table.columns}
+        if p["snap"] == "nearest":
+            criteria = _snap(table, criteria)
         return table, criteria, recorded.resolve(table.select(criteria), p["oom_partial"], table.value_column)
 
     def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
@@ -170,7 +176,9 @@ class ReplayEngine(Engine):
             raise ReplayInfeasible(f"{oom}{table.name}: {recorded.fmt(criteria)}: {res.reason}")
         if res.status == recorded.FAILED:
             raise ReplayFailed(f"{table.name}: {recorded.fmt(criteria)}: {res.reason}")
-        emit(STARTED, {"start_s": 0.0, "resolved": {"table": table.path, "rows": [r.line for r in res.rows], "recorded_tok_s": res.values}})
+        looked_up = {k: v for k, v in criteria.items() if recorded.norm(v) != recorded.norm(p.get(k))}
+        emit(STARTED, {"start_s": 0.0, "resolved": {"table": table.path, "rows": [r.line for r in res.rows], "recorded_tok_s": res.values,
+                                                    **({"snapped": looked_up} if looked_up else {})}})
         emit(PHASE, {"phase": "measuring"})
         draw = _sampler(res, float(p["noise"]), p["noise_source"])
         rates, records = [], []
@@ -204,6 +212,32 @@ def _sampler(res: recorded.Resolved, noise: float, source: str):
         return lambda: value
     rng = random.Random()
     return lambda: max(value * 0.01, rng.gauss(value, sd))
+
+
+def _snap(table: recorded.Table, criteria: dict[str, Any]) -> dict[str, Any]:
+    """Each number takes the nearest value its column recorded under the text criteria (gpu, model, ...).
+
+    Log distance for positive numbers (batch sizes and GPU counts are powers-of-two grids), so
+    700 -> 512 and 1024 -> 1028; ties go to the smaller value.
+    """
+    text = {k: v for k, v in criteria.items() if not _is_num(v)}
+    rows = table.select(text)
+    out = dict(criteria)
+    for k, v in criteria.items():
+        if k in text:
+            continue
+        recorded_vals = [x for x in table.values_of(k, rows) if _is_num(x)]
+        if recorded_vals:
+            out[k] = min(recorded_vals, key=lambda x: (_distance(float(v), float(x)), x))
+    return out
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _distance(a: float, b: float) -> float:
+    return abs(math.log(a) - math.log(b)) if a > 0 and b > 0 else abs(a - b)
 
 
 def missing_message(table: recorded.Table, criteria: dict[str, Any]) -> str:
