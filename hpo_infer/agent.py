@@ -240,6 +240,11 @@ class Agent:
         if r.status == COMPLETE:
             trial.set_user_attr("status", "ok")
             trial.set_constraint(CONSTRAINT, 0.0)
+            missed = self._slo(trial, r.metrics)
+            if missed:
+                trial.set_user_attr("status", "infeasible")
+                trial.set_user_attr("failure", "SLO missed: " + "; ".join(missed))
+                trial.set_user_attr("launched", True)
             return float(r.value)
         if r.status == INFEASIBLE_S:
             return self._infeasible(trial, r.reason or "infeasible", launched=True)
@@ -251,7 +256,21 @@ class Agent:
         trial.set_user_attr("failure", reason)
         trial.set_user_attr("launched", launched)
         trial.set_constraint(CONSTRAINT, 1.0)
+        self._slo(trial, {})
         return 0.0
+
+    def _slo(self, trial: optuna.Trial, metrics: dict[str, float]) -> list[str]:
+        """One constraint per SLO target: the relative overshoot (measured / target - 1), > 0 when
+        missed. Every trial gets every constraint (the GP sampler needs the same ones throughout);
+        a trial with nothing measured gets 0, its "feasible" constraint already says it failed."""
+        missed = []
+        for name, target in sorted(self.spec.objective.slo.items()):
+            got = metrics.get(name)
+            over = 0.0 if got is None else float(got) / target - 1.0
+            trial.set_constraint(f"slo_{name}", over)
+            if over > 0:
+                missed.append(f"{name} {float(got):.1f} > {target:g}")
+        return missed
 
     def _retry(self, trial: optuna.Trial, params: dict[str, Any]) -> None:
         """A failed (not infeasible) trial is the machine's fault, not the config's: try again once."""
@@ -297,6 +316,8 @@ class Agent:
         }
         if r.resolved:
             attrs["resolved"] = r.resolved
+        if r.metrics:
+            attrs["metrics"] = r.metrics
         if out.status not in (COMPLETE,) or r.status != COMPLETE:
             attrs["error"] = (r.error or out.error or "")[:2000] or None
             attrs["log_tail"] = out.log_tail[-4000:] or None

@@ -69,7 +69,7 @@ def tune(spec_file: str, storage: str | None, trials: int | None, gpus: str | No
     from hpo_infer import spec as spec_mod
 
     spec = spec_mod.load(spec_file, storage)
-    if spec.engine == "vllm":  # names and values the installed vLLM rejects: refused before any trial
+    if spec.engine in ("vllm", "vllm-serve"):  # names and values the installed vLLM rejects: refused before any trial
         from hpo_infer.engines.vllm_check import preflight
 
         preflight(spec)

@@ -67,7 +67,7 @@ def render(rec: dict[str, Any], fmt: str) -> str:
         return yaml.safe_dump(rec, sort_keys=False)
     eng = engine_class(rec["engine"])
     if fmt == "vllm-cli":
-        if rec["engine"] != "vllm":
+        if rec["engine"] not in ("vllm", "vllm-serve"):
             raise InputError("--format", f"vllm-cli exports vLLM studies; this study's engine is {rec['engine']!r}")
         model = _model_ref(rec)
         args = ["vllm", "serve", model, *eng.cli_flags(rec["settings"])]  # type: ignore[attr-defined]

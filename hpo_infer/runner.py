@@ -45,6 +45,7 @@ class ConfigResult:
     resolved: dict[str, Any] = field(default_factory=dict)
     peak_mem_bytes: int | None = None
     warmup_s: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # latencies etc. that objective.slo may bound
     reason: str | None = None
     error: str | None = None
 
@@ -227,6 +228,7 @@ def _apply(ev: Event, results: list[ConfigResult], env_fp: dict[str, Any]) -> No
         r.repeats = d.get("repeats") or []
         r.peak_mem_bytes = d.get("peak_mem_bytes")
         r.warmup_s = d.get("warmup_s")
+        r.metrics = d.get("metrics") or {}
         if d.get("start_s") is not None:
             r.start_s = d["start_s"]
         if d.get("resolved"):

@@ -145,6 +145,9 @@ class ObjectiveSpec(BaseModel):
     model_config = _STRICT
     metric: Literal["throughput"] = "throughput"
     direction: Literal["maximize"] = "maximize"
+    # Service-level objectives: metric name -> the most it may be (e.g. p99_ttft_ms: 500). A
+    # trial that misses one is infeasible (an Optuna constraint > 0); the engine names its metrics.
+    slo: dict[str, float] = Field(default_factory=dict)
 
 
 class StudySpec(BaseModel):
@@ -225,6 +228,7 @@ def from_dict(
     spec.source = src
     _resolve_paths(spec, base_dir)
     _check_engine(spec)
+    _check_slo(spec)
     _check_engine_files(spec, base_dir)
     _check_sampler(spec)
     spec.storage = _pick_storage(spec, storage_override)
@@ -305,6 +309,20 @@ def _check_engine(spec: StudySpec) -> None:
         why = s.accepts(v)
         if why:
             raise InputError(key, why)
+
+
+def _check_slo(spec: StudySpec) -> None:
+    from hpo_infer.engines import engine_class, engine_names
+
+    eng = engine_class(spec.engine)
+    for name, target in spec.objective.slo.items():
+        if target <= 0:
+            raise InputError(f"{spec.source}: objective.slo.{name}", f"a target must be > 0, got {_num(target)}")
+        if name not in eng.metrics:
+            has = [n for n in engine_names() if engine_class(n).metrics]
+            why = (f"it measures: {', '.join(eng.metrics)}" if eng.metrics
+                   else f"it measures throughput only; serving engines: {', '.join(has)}")
+            raise InputError(f"{spec.source}: objective.slo.{name}", f"engine {spec.engine!r} has no metric {name!r} ({why})")
 
 
 def _check_engine_files(spec: StudySpec, base_dir: Path | None) -> None:

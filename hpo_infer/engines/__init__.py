@@ -9,6 +9,7 @@ from hpo_infer.engines.base import AUTO, Engine, Setting
 _REGISTRY = {
     "hf": "hpo_infer.engines.hf:HFEngine",
     "vllm": "hpo_infer.engines.vllm:VLLMEngine",
+    "vllm-serve": "hpo_infer.engines.vllm_serve:VLLMServeEngine",
     "replay": "hpo_infer.engines.replay:ReplayEngine",
     "fault": "hpo_infer.engines.fault:FaultEngine",
 }

