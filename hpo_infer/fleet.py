@@ -153,8 +153,8 @@ def worker(
             spec = _spec_from_study(url, study)
         if trials is not None:
             spec.budget.trials = trials
-        if spec.engine == "vllm" and not os.environ.get(READY_ENV):
-            from hpo_infer.engines.vllm import preflight
+        if spec.engine in ("vllm", "vllm-serve") and not os.environ.get(READY_ENV):
+            from hpo_infer.engines.vllm_check import preflight
 
             preflight(spec)  # settings the installed vLLM rejects: refused before any trial, once per host
         if detected:

