@@ -80,7 +80,6 @@ def tune(spec_file: str, storage: str | None, trials: int | None, gpus: str | No
     from hpo_infer.agent import Agent, Progress, install_signal_handlers
     from hpo_infer.hardware import detect_gpus
     from hpo_infer.study import create_or_load, study_name
-    from hpo_infer.ui import progress_display, print_summary
 
     gpu = detect_gpus()
     if gpu_list is not None and gpu.name != "cpu":
@@ -98,7 +97,17 @@ def tune(spec_file: str, storage: str | None, trials: int | None, gpus: str | No
 
     click.echo(f"storage {mask(spec.storage)}")
     agent = Agent(spec, study, gpus=gpu_list, host_gpus=0 if gpu.name == "cpu" else gpu.count, progress=progress, stop=stop)
-    with progress_display(progress, spec.budget.trials):
+    run_validate_summarise(agent, study, spec, gpu_list, no_validate, stop)
+    if stop.is_set():
+        click.echo("interrupted: the running trial was ended; run the same command again to resume.", err=True)
+        sys.exit(130)
+
+
+def run_validate_summarise(agent: Any, study: Any, spec: Any, gpu_list: list[int] | None, no_validate: bool, stop: threading.Event) -> None:
+    """Run the agent with a progress bar, re-validate the finalists, print baseline vs best."""
+    from hpo_infer.ui import print_summary, progress_display
+
+    with progress_display(agent.progress, spec.budget.trials):
         agent.run()
     validation = study.user_attrs.get("validation")
     if spec.validate_finalists and not no_validate and not stop.is_set():
@@ -107,9 +116,6 @@ def tune(spec_file: str, storage: str | None, trials: int | None, gpus: str | No
         click.echo("re-validating baseline, best and runner-up in one worker session ...")
         validation = revalidate(study, spec, gpu_list) or validation
     print_summary(study, validation)
-    if stop.is_set():
-        click.echo("interrupted: the running trial was ended; run the same command again to resume.", err=True)
-        sys.exit(130)
 
 
 def _resolve_study(study: str, storage_flag: str | None):

@@ -230,7 +230,6 @@ def transfer_cmd(source_name: str, to_gpu: str, spec_file: str | None, trials: i
     from hpo_infer.agent import Progress, install_signal_handlers
     from hpo_infer.storage import mask
     from hpo_infer.study import create_or_load, study_name
-    from hpo_infer.ui import print_summary, progress_display
 
     source = cli._resolve_study(source_name, storage)
     url = cli._storage_url(storage) if not source_name.endswith((".yaml", ".yml")) else None
@@ -260,15 +259,7 @@ def transfer_cmd(source_name: str, to_gpu: str, spec_file: str | None, trials: i
     progress = Progress()
     host = 0 if gpu.name in ("cpu",) else gpu.count
     agent = transfer_agent(spec, study, source, gpus=gpu_list, host_gpus=host, progress=progress, stop=stop)
-    with progress_display(progress, spec.budget.trials):
-        agent.run()
-    validation = study.user_attrs.get("validation")
-    if spec.validate_finalists and not no_validate and not stop.is_set():
-        from hpo_infer.finalize import revalidate
-
-        click.echo("re-validating baseline, best and runner-up in one worker session ...")
-        validation = revalidate(study, spec, gpu_list) or validation
-    print_summary(study, validation)
+    cli.run_validate_summarise(agent, study, spec, gpu_list, no_validate, stop)
     g = gains(study.get_trials(deepcopy=False))
     study.set_user_attr(KEY, {**study.user_attrs[KEY], "gain": asdict(g)})
     click.echo(describe(g, source.study_name))
