@@ -16,10 +16,13 @@ to the numeric one. ``grid`` is the grid enqueued in order (one run: it has no r
 For speed the trials are looked up in process (``bench/paper_replay.py``: the product's sampler
 factory, baseline/grid enqueue, space semantics and replay lookup rules) instead of one worker
 process per trial; tests/test_replay.py runs the same lookups through the real worker path.
-GP costs 0.1-0.2 s per trial on one core, so it runs fewer seeds (``--gp-seeds``, default 2)
-and stops at 20 trials (``--gp-max-trials``); the others run 20 seeds up to 44 trials.
+GP costs 0.07 s (categorical) to 0.25 s (int-log) per trial on one core, so it runs 4 seeds
+(``--gp-seeds``) and stops at 20 trials (``--gp-max-trials``), and on the int-log space only
+when asked (``--gp-spaces categorical,int-log``: ~10 minutes more on 2 cores); the others run
+20 seeds up to 44 trials.
 
     .venv/bin/python bench/search_efficiency.py [../shared/data/paper-landscapes.csv] [--procs 2]
+    .venv/bin/python bench/search_efficiency.py --samplers gp --spaces int-log --gp-spaces int-log
 """
 
 from __future__ import annotations
@@ -85,13 +88,15 @@ def run_one(job: tuple[str, tuple[str, str, str], str, str, int, int]) -> dict[s
             "trials": len(res.values), "seconds": time.perf_counter() - t0}
 
 
-def jobs(data: Path, seeds: int, gp_seeds: int, gp_cap: int, cap: int, samplers: list[str], spaces: list[str]) -> list[tuple]:
+def jobs(data: Path, seeds: int, gp_seeds: int, gp_cap: int, cap: int, samplers: list[str], spaces: list[str], gp_spaces: list[str]) -> list[tuple]:
     from hpo_infer.errors import InputError
 
     keys = landscapes(data)
     out = []
     for space in spaces:
         for sampler in samplers:
+            if sampler == "gp" and space not in gp_spaces:
+                continue
             try:  # "where it applies": the spec validation decides (cmaes needs a numeric space)
                 replay_spec(data, keys[0], space, sampler, 0, cap)
             except InputError:
@@ -159,11 +164,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", default=str(DEFAULT_DATA), help="paper-landscapes.csv (default: ../shared/data/ beside the repo)")
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--gp-seeds", type=int, default=2)
+    ap.add_argument("--gp-seeds", type=int, default=4)
     ap.add_argument("--max-trials", type=int, default=44)
     ap.add_argument("--gp-max-trials", type=int, default=20)
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--spaces", default=",".join(SPACES))
+    ap.add_argument("--gp-spaces", default="categorical", help="spaces GP runs on (int-log: ~4 s per run, ~10 min more on 2 cores)")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--json", help="also write every run's result here")
     a = ap.parse_args()
@@ -175,7 +181,7 @@ def main() -> int:
         return 2
     a.data_path = str(data)
     t0 = time.time()
-    todo = jobs(data, a.seeds, a.gp_seeds, a.gp_max_trials, a.max_trials, a.samplers.split(","), a.spaces.split(","))
+    todo = jobs(data, a.seeds, a.gp_seeds, a.gp_max_trials, a.max_trials, a.samplers.split(","), a.spaces.split(","), a.gp_spaces.split(","))
     with mp.get_context("fork").Pool(a.procs, initializer=_init) as pool:
         results = list(pool.imap_unordered(run_one, todo, chunksize=4))
     wall = time.time() - t0
