@@ -23,7 +23,13 @@ KEY = "validation"
 
 
 def verdict(best: list[float], base: list[float]) -> dict[str, Any]:
-    """Compare two sets of repeats: gain of medians and whether it is larger than the noise."""
+    """Compare two sets of repeats: gain of medians and whether it is larger than the noise.
+
+    Welch's t-test on log throughput: noise on a rate is multiplicative (a pass slowed by a
+    busy neighbour loses a fraction, not a fixed number of tokens/s), so one slow repeat of a
+    20x faster config must not hide the gap.
+    """
+    import math
     import statistics
 
     from scipy import stats
@@ -31,8 +37,12 @@ def verdict(best: list[float], base: list[float]) -> dict[str, Any]:
     mb, m0 = statistics.median(best), statistics.median(base)
     gain = (mb - m0) / m0 * 100 if m0 else float("inf")
     p = None
-    if len(best) >= 2 and len(base) >= 2 and (statistics.pstdev(best) > 0 or statistics.pstdev(base) > 0):
-        p = float(stats.ttest_ind(best, base, equal_var=False).pvalue)
+    if min(best + base, default=0) <= 0:
+        lb, l0 = best, base  # a zero rate (nothing generated): compare as measured
+    else:
+        lb, l0 = [math.log(x) for x in best], [math.log(x) for x in base]
+    if len(best) >= 2 and len(base) >= 2 and (statistics.pstdev(lb) > 0 or statistics.pstdev(l0) > 0):
+        p = float(stats.ttest_ind(lb, l0, equal_var=False).pvalue)
     elif len(best) >= 2 and len(base) >= 2:
         p = 0.0 if mb != m0 else 1.0
     significant = p is not None and p < ALPHA

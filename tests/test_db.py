@@ -246,7 +246,9 @@ def test_wall_time_is_shared_by_all_agents(tmp_path: Path) -> None:
     study = _study(url)
     deadline = study.user_attrs["hpo_infer_deadline"]
     starts = [t.datetime_start.timestamp() for t in study.trials]
-    assert max(starts) <= deadline, "no trial starts after the shared deadline"
+    # The deadline is checked when a trial is taken; Optuna stamps datetime_start a moment later
+    # (10 ms on a loaded 2-core machine), so allow that, not a whole trial.
+    assert max(starts) <= deadline + 1.0, "no trial starts after the shared deadline"
     assert len({t.user_attrs["agent"] for t in study.trials}) == 2
     assert max(t.datetime_complete.timestamp() for t in study.trials) < deadline + 10
     assert all(t.state.is_finished() for t in study.trials)
