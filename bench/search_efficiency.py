@@ -16,7 +16,7 @@ to the numeric one. ``grid`` is the grid enqueued in order (one run: it has no r
 For speed the trials are looked up in process (``bench/paper_replay.py``: the product's sampler
 factory, baseline/grid enqueue, space semantics and replay lookup rules) instead of one worker
 process per trial; tests/test_replay.py runs the same lookups through the real worker path.
-GP costs 0.07 s (categorical) to 0.25 s (int-log) per trial on one core, so it runs 4 seeds
+GP costs 0.07 s (categorical) to 0.25 s (int-log) per trial on one core, so it runs 10 seeds
 (``--gp-seeds``) and stops at 20 trials (``--gp-max-trials``), and on the int-log space only
 when asked (``--gp-spaces categorical,int-log``: ~10 minutes more on 2 cores); the others run
 20 seeds up to 44 trials.
@@ -164,7 +164,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", nargs="?", default=str(DEFAULT_DATA), help="paper-landscapes.csv (default: ../shared/data/ beside the repo)")
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--gp-seeds", type=int, default=4)
+    ap.add_argument("--gp-seeds", type=int, default=10)
     ap.add_argument("--max-trials", type=int, default=44)
     ap.add_argument("--gp-max-trials", type=int, default=20)
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
