@@ -26,6 +26,20 @@ def run_cli(*args: str, cwd: Path | str | None = None, env: dict[str, str] | Non
     )
 
 
+def tagged(tag: str) -> list:
+    """Processes whose environment carries HPO_TEST_TAG=tag: whatever a test run left behind."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.environ().get("HPO_TEST_TAG") == tag:
+                out.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return out
+
+
 def fault_spec(**over: Any) -> dict[str, Any]:
     """A fast spec on the fault engine (no torch), for agent/runner/sampler tests."""
     spec: dict[str, Any] = {

@@ -11,21 +11,9 @@ import uuid
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
 
-from conftest import fault_spec, run_cli, write_spec
-
-
-def _tagged(tag: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.environ().get("HPO_TEST_TAG") == tag:
-                out.append(p)
-        except (psutil.Error, OSError):
-            continue
-    return out
+from conftest import fault_spec, run_cli, tagged, write_spec
 
 
 def _tune(tmp_path: Path, spec: dict, timeout: float = 300) -> tuple[optuna.Study, str, float]:
@@ -38,7 +26,7 @@ def _tune(tmp_path: Path, spec: dict, timeout: float = 300) -> tuple[optuna.Stud
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     time.sleep(0.5)
-    left = _tagged(tag)
+    left = tagged(tag)
     assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
     (summary,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
     study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")

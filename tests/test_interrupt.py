@@ -12,11 +12,9 @@ import uuid
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
 
-from conftest import fault_spec, run_cli, write_spec
-from test_faults import _tagged
+from conftest import fault_spec, run_cli, tagged, write_spec
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -33,7 +31,7 @@ def test_signal_mid_trial_records_it_kills_the_tree_and_resumes(tmp_path: Path, 
     # Wait until a worker (and its daemonised grandchild) is measuring.
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if len([p for p in _tagged(tag) if p.pid != proc.pid]) >= 2:
+        if len([p for p in tagged(tag) if p.pid != proc.pid]) >= 2:
             break
         time.sleep(0.2)
     else:
@@ -46,7 +44,7 @@ def test_signal_mid_trial_records_it_kills_the_tree_and_resumes(tmp_path: Path, 
     assert "Traceback" not in err
     assert "run the same command again to resume" in err
     time.sleep(0.5)
-    assert not _tagged(tag), "worker tree survived the signal"
+    assert not tagged(tag), "worker tree survived the signal"
     (s,) = optuna.get_all_study_summaries(f"sqlite:///{db}")
     study = optuna.load_study(study_name=s.study_name, storage=f"sqlite:///{db}")
     states = [t.state for t in study.trials]
@@ -60,4 +58,4 @@ def test_signal_mid_trial_records_it_kills_the_tree_and_resumes(tmp_path: Path, 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) >= 2
     assert any(t.user_attrs.get("interrupted_in") is not None for t in done)
-    assert not _tagged(tag)
+    assert not tagged(tag)

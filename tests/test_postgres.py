@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import psutil
 import pytest
 from optuna.trial import TrialState
 
-from conftest import fault_spec, run_cli, write_spec
+from conftest import fault_spec, run_cli, tagged, write_spec
 
 pytestmark = pytest.mark.postgres
 
@@ -55,17 +54,6 @@ def load(url: str) -> optuna.Study:
     storage = optuna.storages.RDBStorage(normalise(url), skip_table_creation=True)
     (name,) = optuna.get_all_study_names(storage)
     return optuna.load_study(study_name=name, storage=storage)
-
-
-def tagged(tag: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if p.environ().get("HPO_TEST_TAG") == tag:
-                out.append(p)
-        except (psutil.Error, OSError):
-            continue
-    return out
 
 
 def point(t: optuna.trial.FrozenTrial) -> tuple:

@@ -21,8 +21,8 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli, write_spec
-from test_postgres import FAST_HEARTBEAT, assert_grid_once, grid_spec, load, start_worker, tagged
+from conftest import run_cli, tagged, write_spec
+from test_postgres import FAST_HEARTBEAT, assert_grid_once, grid_spec, load, start_worker
 
 pytestmark = pytest.mark.postgres
 
