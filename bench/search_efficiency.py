@@ -63,15 +63,15 @@ def _init() -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _landscape(data: str, key: tuple[str, str, str], space: str, sampler: str, cap: int) -> tuple[Any, float]:
+def _landscape(data: str, key: tuple[str, str, str], space: str, sampler: str, cap: int, options: str) -> tuple[Any, float]:
     """The spec (validated once per landscape and sampler in each process) and its optimum."""
-    spec = replay_spec(Path(data), key, space, sampler, 0, cap)
+    spec = replay_spec(Path(data), key, space, sampler, 0, cap, json.loads(options))
     return spec, optimum(spec)
 
 
-def run_one(job: tuple[str, tuple[str, str, str], str, str, int, int]) -> dict[str, Any]:
-    data, key, space, sampler, seed, cap = job
-    base, best = _landscape(data, tuple(key), space, sampler, cap)
+def run_one(job: tuple[str, tuple[str, str, str], str, str, int, int, str]) -> dict[str, Any]:
+    data, key, space, sampler, seed, cap, options = job
+    base, best = _landscape(data, tuple(key), space, sampler, cap, options)
     spec = base.model_copy(update={"sampler": base.sampler.model_copy(update={"seed": seed})})
     t0 = time.perf_counter()
     res = search(spec, cap, stop=lambda b: b >= 0.99 * best)
@@ -88,7 +88,8 @@ def run_one(job: tuple[str, tuple[str, str, str], str, str, int, int]) -> dict[s
             "trials": len(res.values), "seconds": time.perf_counter() - t0}
 
 
-def jobs(data: Path, seeds: int, gp_seeds: int, gp_cap: int, cap: int, samplers: list[str], spaces: list[str], gp_spaces: list[str]) -> list[tuple]:
+def jobs(data: Path, seeds: int, gp_seeds: int, gp_cap: int, cap: int, samplers: list[str], spaces: list[str], gp_spaces: list[str],
+         gp_options: str = "{}") -> list[tuple]:
     from hpo_infer.errors import InputError
 
     keys = landscapes(data)
@@ -103,7 +104,8 @@ def jobs(data: Path, seeds: int, gp_seeds: int, gp_cap: int, cap: int, samplers:
                 continue
             n = 1 if sampler == "grid" else gp_seeds if sampler == "gp" else seeds
             c = gp_cap if sampler == "gp" else cap
-            out += [(str(data), k, space, sampler, s, c) for k in keys for s in range(n)]
+            opts = gp_options if sampler == "gp" else "{}"
+            out += [(str(data), k, space, sampler, s, c, opts) for k in keys for s in range(n)]
     out.sort(key=lambda j: j[3] != "gp")  # the slow ones first, so the pool ends together
     return out
 
@@ -170,6 +172,7 @@ def main() -> int:
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--spaces", default=",".join(SPACES))
     ap.add_argument("--gp-spaces", default="categorical", help="spaces GP runs on (int-log: ~4 s per run, ~10 min more on 2 cores)")
+    ap.add_argument("--gp-options", default="{}", help='GP sampler options as JSON, e.g. \'{"n_startup_trials": 3}\'')
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--json", help="also write every run's result here")
     a = ap.parse_args()
@@ -181,7 +184,7 @@ def main() -> int:
         return 2
     a.data_path = str(data)
     t0 = time.time()
-    todo = jobs(data, a.seeds, a.gp_seeds, a.gp_max_trials, a.max_trials, a.samplers.split(","), a.spaces.split(","), a.gp_spaces.split(","))
+    todo = jobs(data, a.seeds, a.gp_seeds, a.gp_max_trials, a.max_trials, a.samplers.split(","), a.spaces.split(","), a.gp_spaces.split(","), a.gp_options)
     with mp.get_context("fork").Pool(a.procs, initializer=_init) as pool:
         results = list(pool.imap_unordered(run_one, todo, chunksize=4))
     wall = time.time() - t0
