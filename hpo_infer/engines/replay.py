@@ -15,8 +15,8 @@ A spec names the table and what to replay in ``fixed``; every other key is a tab
       num_gpus: {type: categorical, choices: [1, 2, 4, 8]}
 
 A fixed column filters rows (``gpu`` also names the study's GPU); a searched column is tuned.
-``table``, ``value_column``, ``missing``, ``oom_partial``, ``noise`` and ``noise_source`` are
-options of the engine, not columns. The table is checked when the spec is loaded
+``table``, ``value_column``, ``missing``, ``oom_partial``, ``snap``, ``noise`` and
+``noise_source`` are options of the engine, not columns (``hpo-infer settings replay``). The table is checked when the spec is loaded
 (:meth:`ReplayEngine.prepare_spec`), so a wrong path or filter is a one-line error, not a
 study full of failed trials.
 """
