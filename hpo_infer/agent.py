@@ -13,6 +13,7 @@ others to end, so a stale one is retried rather than left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from hpo_infer import space as sp
@@ -168,16 +170,36 @@ class Agent:
 
     # ---- the objective ---------------------------------------------------------------
     def objective(self, trial: optuna.Trial) -> float:
-        if self.lock is not None:
-            self.lock.release()  # the trial is ours: other agents may take the next one
         self._current = (trial._trial_id, trial.number)
-        fixed = self.study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
-        if self.stop.is_set():
-            self._requeue(trial, fixed)
-            raise Interrupted("stop requested before the trial started")
-        if self.spec.sampler.name == "grid" and fixed is None:
-            trial.set_user_attr(ROLE, "surplus")
-            raise Surplus("grid exhausted: this trial is no grid point")
+        try:
+            fixed = self.study._storage.get_trial_system_attrs(trial._trial_id).get("fixed_params")
+            if self.stop.is_set():
+                self._requeue(trial, fixed)
+                raise Interrupted("stop requested before the trial started")
+            if self.spec.sampler.name == "grid" and fixed is None:
+                trial.set_user_attr(ROLE, "surplus")
+                raise Surplus("grid exhausted: this trial is no grid point")
+            extras = self._take_pack(trial, fixed)
+        finally:
+            if self.lock is not None:
+                self.lock.release()  # the trials are ours: other agents may take the next ones
+        members = [self._member(trial)] + [self._member(t, pack_of=trial.number) for t in extras]
+        self.progress.update(trial=trial.number, phase="checking")
+        runnable = []
+        for m in members:
+            reason = self.engine.check(m.settings, self.host_gpus)
+            if reason:
+                m.early = self._infeasible(m.trial, reason, launched=False)
+            else:
+                runnable.append(m)
+        if runnable:
+            self._launch(runnable)
+        for m in members[1:]:
+            self._tell(m)
+        return self._finish(members[0])
+
+    def _member(self, trial: optuna.Trial, pack_of: int | None = None) -> "_Member":
+        """The trial's parameters and the settings its worker gets, recorded on the trial."""
         role = trial.user_attrs.get(ROLE)
         space = self.spec.space()
         if role == BASELINE:
@@ -190,53 +212,101 @@ class Agent:
         trial.set_user_attr("settings", settings)
         trial.set_user_attr("fixed", dict(self.spec.fixed))
         trial.set_user_attr("agent", self.name if self.gpus is None else f"{self.name} gpus {','.join(map(str, self.gpus))}")
-        self.progress.update(trial=trial.number, phase="checking")
+        if pack_of is not None:
+            trial.set_user_attr("engine_shared_with", pack_of)
+        return _Member(trial, params, settings, role, pack_of)
 
-        reason = self.engine.check(settings, self.host_gpus)
-        if reason:
-            return self._infeasible(trial, reason, launched=False)
+    def _take_pack(self, trial: optuna.Trial, fixed: dict[str, Any] | None) -> list[optuna.Trial]:
+        """Grid points still waiting that differ from this trial's only in client-side settings
+        (batch_size...): taken now, under the study lock, to share one engine start with it."""
+        limit = self.spec.trials_per_engine - 1
+        if limit < 1 or self.spec.sampler.name != "grid" or fixed is None or trial.user_attrs.get(ROLE) == BASELINE:
+            return []
+        key = self.engine.reuse_key({**self.spec.fixed, **fixed})
+        if key is None:
+            return []
+        trials = self.study.get_trials(deepcopy=False)
+        if self.spec.budget.trials is not None:  # the budget counts every trial taken
+            taken = sum(1 for t in trials if t.state in FINISHED or t.state == TrialState.RUNNING)
+            limit = min(limit, self.spec.budget.trials - taken)
+        storage = self.study._storage
+        out: list[optuna.Trial] = []
+        for t in trials:
+            if len(out) >= limit:
+                break
+            point = t.system_attrs.get("fixed_params")
+            if t.state != TrialState.WAITING or point is None or t.user_attrs.get(ROLE) == BASELINE:
+                continue
+            if self.engine.reuse_key({**self.spec.fixed, **point}) == key and storage.set_trial_state_values(
+                t._trial_id, state=TrialState.RUNNING
+            ):
+                out.append(optuna.trial.Trial(self.study, t._trial_id))
+        return out
 
+    def _launch(self, members: list["_Member"]) -> None:
+        """One worker measures every member in turn (one engine start when they share it)."""
+        first = members[0]
         request = TrialRequest(
             engine=self.spec.engine,
-            params=settings,
+            params=first.settings,
             model=self.spec.model.model_dump(exclude_none=True),
             workload=self.spec.workload.model_dump(exclude_none=True),
             repeats=self.spec.repeats,
             seed=self.spec.workload.seed,
+            configs=[m.settings for m in members] if len(members) > 1 else [],
         )
-        prunable = role != BASELINE
-        rates: list[float] = []
-
+        # A pack is not pruned: stopping its worker would throw away the members after it.
+        prunable = len(members) == 1 and first.role != BASELINE
         broke: list[Exception] = []
 
         def on_event(ev: Event) -> bool:
+            i = int(ev.data.get("config", 0) or 0)
+            where = f" ({i + 1}/{len(members)})" if len(members) > 1 else ""
             if ev.kind == PHASE:
-                self.progress.update(phase=str(ev.data.get("phase")))
+                self.progress.update(phase=f"{ev.data.get('phase')}{where}")
             elif ev.kind == STARTED:
-                self.progress.update(phase="started")
-            elif ev.kind == REPEAT:
-                rates.append(float(ev.data["tok_s"]))
+                self.progress.update(phase=f"started{where}")
+            elif ev.kind == REPEAT and i == 0:
+                first.rates.append(float(ev.data["tok_s"]))
                 step = int(ev.data["repeat"])
                 try:
-                    trial.report(sorted(rates)[len(rates) // 2], step)
-                    if prunable and trial.should_prune():
+                    first.trial.report(sorted(first.rates)[len(first.rates) // 2], step)
+                    if prunable and first.trial.should_prune():
                         return False
                 except Exception as exc:  # noqa: BLE001 - storage gone or trial taken over: end the worker first
                     broke.append(exc)
                     return False
             return True
 
-        out = run_worker(request, self.spec.trial_timeout_s, on_event, self.gpus, self.stop)
+        with contextlib.ExitStack() as beats:
+            # optimize() beats for the trial it asked for; the other members need theirs too, or
+            # another agent would take them for a dead agent's trials.
+            for m in members[1:]:
+                beats.enter_context(get_heartbeat_thread(m.trial._trial_id, self.study._storage))
+            out = run_worker(request, self.spec.trial_timeout_s * len(members), on_event, self.gpus, self.stop)
         if broke:
             raise broke[0]  # the worker tree is dead by now
+        started = any(c.start_s is not None for c in out.configs)
+        for i, m in enumerate(members):
+            m.out = out.only(i) if len(members) > 1 else out
+            m.engine_started = started
+            if len(members) > 1:
+                m.trial.set_user_attr("engine_shared", {"trials": [x.trial.number for x in members], "wall_s": round(out.wall_s, 3)})
+
+    def _finish(self, m: "_Member") -> float:
+        """The trial's value from what its worker measured (or raise: pruned, failed, interrupted)."""
+        if m.early is not None:
+            return m.early
+        trial, out = m.trial, m.out
+        assert out is not None
         self._record(trial, out)
         r = out.first
         if out.status == STOPPED:
             if self.stop.is_set():
-                self._requeue(trial, params)
+                self._requeue(trial, m.params)
                 raise Interrupted("interrupted during the trial; worker tree killed")
             trial.set_user_attr("status", "pruned")
-            raise optuna.TrialPruned(f"pruned after {len(rates)} repeat(s)")
+            raise optuna.TrialPruned(f"pruned after {len(m.rates)} repeat(s)")
         if r.status == COMPLETE:
             trial.set_user_attr("status", "ok")
             trial.set_constraint(CONSTRAINT, 0.0)
@@ -248,8 +318,27 @@ class Agent:
             return float(r.value)
         if r.status == INFEASIBLE_S:
             return self._infeasible(trial, r.reason or "infeasible", launched=True)
-        self._retry(trial, params)
+        if not r.reached and m.pack_of is not None and m.engine_started:
+            # Its worker died on an earlier member of the pack after the shared engine had
+            # started: not this config's fault. (Had the start itself failed, it would fail the
+            # same way for this one: then it fails and is retried as the others are.)
+            trial.set_user_attr("failure", "not measured: the worker ended on an earlier trial of its pack")
+            self._requeue(trial, m.params)
+            raise WorkerFailed(f"not measured: the worker of pack {m.pack_of} ended before this trial")
+        self._retry(trial, m.params)
         raise WorkerFailed(out.error or "worker failed")
+
+    def _tell(self, m: "_Member") -> None:
+        """Finish a pack member in the storage, as ``optimize`` finishes the trial it asked for."""
+        try:
+            frozen = self.study.tell(m.trial, self._finish(m))
+        except optuna.TrialPruned:
+            frozen = self.study.tell(m.trial, state=TrialState.PRUNED)
+        except (WorkerFailed, Interrupted) as exc:
+            logging.getLogger("hpo_infer.agent").warning("trial %d failed: %s", m.trial.number, str(exc)[:300])
+            frozen = self.study.tell(m.trial, state=TrialState.FAIL)
+        for callback in (self._after_trial, NoteCallback()):
+            callback(self.study, frozen)
 
     def _infeasible(self, trial: optuna.Trial, reason: str, launched: bool) -> float:
         trial.set_user_attr("status", "infeasible")
@@ -462,6 +551,21 @@ class Agent:
             self.lock.close()
         if self.recorder is not None:
             self.recorder.close()
+
+
+@dataclass
+class _Member:
+    """One trial of a worker session: alone, or in a pack that shares one engine start."""
+
+    trial: optuna.Trial
+    params: dict[str, Any]
+    settings: dict[str, Any]
+    role: Any
+    pack_of: int | None = None  # the number of the trial whose worker this one shares
+    early: float | None = None  # the value when decided without launching (engine check)
+    engine_started: bool = False  # the worker started the engine (for some member)
+    out: Outcome | None = None
+    rates: list[float] = field(default_factory=list)
 
 
 def _feasible(t: optuna.trial.FrozenTrial) -> bool:

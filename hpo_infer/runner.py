@@ -48,6 +48,7 @@ class ConfigResult:
     metrics: dict[str, float] = field(default_factory=dict)  # latencies etc. that objective.slo may bound
     reason: str | None = None
     error: str | None = None
+    reached: bool = False  # the worker got to this config (sent any event for it)
 
 
 @dataclass
@@ -65,6 +66,16 @@ class Outcome:
     @property
     def first(self) -> ConfigResult:
         return self.configs[0]
+
+    def only(self, i: int) -> "Outcome":
+        """Config ``i`` as if it had been measured alone (one trial of a shared-engine pack): its
+        own status where it ended, else the session's (timeout, stop); the wall time shared out."""
+        r = self.configs[i]
+        status = r.status if r.status in (COMPLETE, INFEASIBLE_S) else self.status
+        if status == COMPLETE and r.status != COMPLETE:
+            status = FAILED_S
+        wall = self.wall_s / len(self.configs)
+        return Outcome(status, [r], self.env, wall, self.returncode, r.error or self.error, self.log_tail)
 
 
 def kill_tree(pid: int) -> None:
@@ -215,6 +226,7 @@ def _apply(ev: Event, results: list[ConfigResult], env_fp: dict[str, Any]) -> No
     if not 0 <= i < len(results):
         return
     r = results[i]
+    r.reached = True
     d = ev.data
     if ev.kind == STARTED:
         r.start_s = d.get("start_s")

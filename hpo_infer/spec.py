@@ -164,6 +164,9 @@ class StudySpec(BaseModel):
     trial_timeout_s: float = Field(default=600, gt=0)
     repeats: int = Field(default=3, gt=0, le=100)
     validate_finalists: bool = True
+    # Grid studies: up to this many waiting grid points that differ only in the engine's
+    # client-side settings (batch_size...) are measured in one worker on one started engine.
+    trials_per_engine: int = Field(default=16, ge=1, le=1024)
     storage: Optional[str] = None
 
     # Set by load(): where the spec came from, for messages.

@@ -110,6 +110,10 @@ def main() -> int:
                 failed = True
             continue
         emit(RESULT, result)
+    try:
+        engine.close()  # an engine kept for a next config with the same reuse key
+    except Exception:  # noqa: BLE001 - the tree kill below ends it anyway
+        traceback.print_exc()
     kill_own_tree()
     return 1 if failed else 0
 

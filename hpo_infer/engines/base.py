@@ -11,7 +11,10 @@ Lifecycle, and in which process each part runs:
 * ``run(request, emit)``: only inside the isolated worker process. This is the one place that
   may import the engine (torch, transformers, vllm). It emits progress events through ``emit``
   (``started`` once the engine is up, with its start time and resolved defaults), and returns
-  the measurement (see :func:`hpo_infer.measure.measure`); it raises on error.
+  the measurement (see :func:`hpo_infer.measure.measure`); it raises on error. An engine with
+  ``client_side`` settings may keep its started engine for the worker's next config when
+  :meth:`Engine.reuse_key` is equal (a grid over batch sizes starts the engine once);
+  ``close()`` ends it.
 * ``classify(exc)``: inside the worker. ``"infeasible"`` means the config itself is bad (OOM,
   not enough KV cache, rejected arguments): the sampler should learn to avoid the region.
   Anything else is a failure of the trial (crash, driver error) and may be retried.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import abc
 import importlib.metadata
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
@@ -76,6 +80,9 @@ class Engine(abc.ABC):
     # Names of the measurements a result's ``metrics`` carries (latencies of a serving engine);
     # a spec's ``objective.slo`` may bound any of them. Empty: the engine reports throughput only.
     metrics: ClassVar[tuple[str, ...]] = ()
+    # Settings applied per generate call, not at engine start (batch_size...): configs that differ
+    # only in these can share one started engine (see :meth:`reuse_key`). Empty: no sharing.
+    client_side: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def setting(cls, name: str) -> Setting | None:
@@ -102,6 +109,17 @@ class Engine(abc.ABC):
             except importlib.metadata.PackageNotFoundError:
                 continue
         return None
+
+    @classmethod
+    def reuse_key(cls, settings: dict[str, Any]) -> str | None:
+        """Configs with equal keys can be measured on one started engine; None: never share."""
+        if not cls.client_side:
+            return None
+        rest = {k: v for k, v in {**cls.defaults(), **settings}.items() if k not in cls.client_side}
+        return json.dumps(rest, sort_keys=True, default=str)
+
+    def close(self) -> None:
+        """End whatever :meth:`run` kept started for the next config (the worker calls it last)."""
 
     def check(self, params: dict[str, Any], host_gpus: int) -> str | None:
         """A reason the combination cannot work, decided without launching; None if it may."""

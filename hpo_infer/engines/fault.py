@@ -2,6 +2,9 @@
 mode a real one has (crash at start, crash mid-run, hang, OOM, garbage on stdout, slow start)
 can be triggered on demand, through the same worker and agent path as vLLM and HF.
 
+``x`` is client-side, as a batch size is: configs that differ only in ``x`` share one
+simulated start in a worker (the reuse that vLLM and HF engines do for real).
+
 Its throughput is a known landscape of ``x`` and ``y`` (peak at x=24, y=2) produced by
 sleeping, so samplers, pruners and agents can be tested in seconds without torch.
 """
@@ -27,6 +30,8 @@ class FaultEngine(Engine):
     name = "fault"
     distribution = None
     uses_torch = False
+    client_side = ("x", "crash_x")
+    _started: str | None = None  # reuse key of the simulated engine left started
     settings = (
         Setting("mode", "categorical", "ok", choices=MODES, help="which failure to inject"),
         Setting("x", "int", 1, low=1, high=1024, space={"type": "int", "low": 1, "high": 64}),
@@ -36,6 +41,7 @@ class FaultEngine(Engine):
         Setting("start_s", "float", 0.0, low=0.0, high=3600.0, help="simulated engine start time"),
         Setting("noise", "float", 0.0, low=0.0, high=1.0, help="relative noise on each pass"),
         Setting("max_x", "int", 1024, low=1, high=1024, help="x above this is out of memory"),
+        Setting("crash_x", "int", 0, low=0, high=1024, help="the worker dies mid-run at this x (0: never)"),
     )
 
     def classify(self, exc: BaseException) -> str:
@@ -54,7 +60,11 @@ class FaultEngine(Engine):
         p = {**self.defaults(), **request.params}
         mode = p["mode"]
         emit(PHASE, {"phase": "loading"})
-        if mode == "slow_start":
+        key = f"{self.reuse_key(p)}|{request.seed}"
+        reused = self._started == key
+        if reused:
+            pass  # the same simulated engine: no start to pay
+        elif mode == "slow_start":
             time.sleep(max(p["start_s"], 1.0))
         elif p["start_s"]:
             time.sleep(p["start_s"])
@@ -70,7 +80,9 @@ class FaultEngine(Engine):
             # A grandchild that daemonises, as engine helper processes do; the runner must
             # still kill it when the trial ends.
             subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
-        emit(STARTED, {"start_s": p["start_s"], "resolved": p})
+        self._started = key
+        start_s = 0.0 if reused else p["start_s"]
+        emit(STARTED, {"start_s": start_s, "resolved": {**p, "engine_reused": reused}})
         rate = self.landscape(int(p["x"]), int(p["y"]), float(p["peak"]))
         calls = {"n": 0}
         import random
@@ -79,7 +91,7 @@ class FaultEngine(Engine):
 
         def one_pass() -> tuple[int, list[tuple[int, float]]]:
             calls["n"] += 1
-            if mode == "crash_mid" and calls["n"] >= 3:
+            if (mode == "crash_mid" and calls["n"] >= 3) or (p["x"] == p["crash_x"] and calls["n"] >= 2):
                 os._exit(4)
             if mode == "hang" and calls["n"] >= 2:
                 time.sleep(10**6)
@@ -97,4 +109,6 @@ class FaultEngine(Engine):
 
         if mode == "spawn_child":
             p["mode"] = "ok"
-        return measure(one_pass, request.repeats, emit, max_warmups=1)
+        result = measure(one_pass, request.repeats, emit, max_warmups=1)
+        result["start_s"] = start_s
+        return result

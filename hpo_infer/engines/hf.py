@@ -6,6 +6,7 @@ Import-light: torch and transformers are imported inside :meth:`HFEngine.run` on
 
 from __future__ import annotations
 
+import json
 import resource
 import time
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ _INFEASIBLE_MARKERS = (
 class HFEngine(Engine):
     name = "hf"
     distribution = "transformers"
+    client_side = ("batch_size", "path", "cache_implementation")  # arguments of each generate call
+    _kept: tuple[str, Any, Any] | None = None  # (reuse key, tokenizer, model) left loaded
     settings = (
         Setting("path", "categorical", "pipeline", choices=("pipeline", "generate"),
                 help="pipeline('text-generation') as the paper measured, or model.generate on padded batches"),
@@ -85,22 +88,56 @@ class HFEngine(Engine):
 
     # ---- worker side -------------------------------------------------------------------
     def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+        """Load (or reuse) the model, then measure. The loaded model is kept for the next config
+        of this worker when only client-side settings differ (:meth:`reuse_key`)."""
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-        from hpo_infer import models, workload
-        from hpo_infer.measure import measure
 
         p = {**self.defaults(), **request.params}
         emit(PHASE, {"phase": "loading"})
-        t0 = time.perf_counter()
+        cuda = torch.cuda.is_available()
+        key = json.dumps([self.reuse_key(p), request.model, request.seed], sort_keys=True, default=str)
+        reused = self._kept is not None and self._kept[0] == key
+        if reused:
+            tok, model, start_s = self._kept[1], self._kept[2], 0.0  # same load settings: no new start
+        else:
+            self.close()
+            t0 = time.perf_counter()
+            tok, model = self._load(request, p, cuda)
+            start_s = time.perf_counter() - t0
+            self._kept = (key, tok, model)
+        device = next(model.parameters()).device
+        emit(STARTED, {"start_s": start_s, "resolved": {**p, "device": str(device), "engine_reused": reused}})
+        try:
+            return self._measure(request, emit, p, tok, model, device, cuda, start_s)
+        except BaseException:
+            self.close()  # a model that broke mid-run (OOM) is not handed to the next config
+            raise
+
+    def close(self) -> None:
+        """Drop the kept model and give its GPU memory back before the next one loads."""
+        if self._kept is None:
+            return
+        self._kept = None
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _load(self, request: "TrialRequest", p: dict[str, Any], cuda: bool) -> tuple[Any, Any]:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from hpo_infer import models
+
         path = models.resolve(request.model)
         tok = AutoTokenizer.from_pretrained(path)
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         dtype = getattr(torch, p["dtype"])
-        cuda = torch.cuda.is_available()
         n_gpus = int(p["num_gpus"])
         kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": p["attn_implementation"]}
         if "synthetic" in request.model:
@@ -115,9 +152,14 @@ class HFEngine(Engine):
         model.generation_config.pad_token_id = tok.pad_token_id
         if p["torch_compile"] != "off":
             model.forward = torch.compile(model.forward, mode=p["torch_compile"])
-        device = next(model.parameters()).device
-        start_s = time.perf_counter() - t0
-        emit(STARTED, {"start_s": start_s, "resolved": {**p, "device": str(device)}})
+        return tok, model
+
+    def _measure(self, request: "TrialRequest", emit: Emit, p: dict[str, Any], tok: Any, model: Any, device: Any, cuda: bool,
+                 start_s: float) -> dict[str, Any]:
+        import torch
+
+        from hpo_infer import workload
+        from hpo_infer.measure import measure
 
         w = workload.load(request.workload, vocab_size=len(tok))
         texts = [tok.decode(ids) for ids in w.prompts] if w.is_tokens else list(w.prompts)

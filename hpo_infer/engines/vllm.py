@@ -8,6 +8,7 @@ worker. The CLI process checks a spec against the installed vLLM through a child
 from __future__ import annotations
 
 import gc
+import json
 import os
 import re
 import sys
@@ -45,6 +46,8 @@ _WRAPPERS = ("Engine core initialization failed", "EngineDeadError", "WorkerProc
 class VLLMEngine(Engine):
     name = "vllm"
     distribution = "vllm"
+    client_side = ("batch_size",)
+    _kept: tuple[str, Any, Any] | None = None  # (reuse key, LLM, prompts) of the engine left started
     settings = (
         Setting("max_num_seqs", "int", AUTO, low=1, high=1_000_000, flag="--max-num-seqs",
                 help="most sequences in one scheduler step (vLLM picks it per GPU and usage context)",
@@ -142,6 +145,8 @@ class VLLMEngine(Engine):
                 raise
 
     def _run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+        """Start (or reuse) the engine, then measure. The started engine is kept for the next
+        config of this worker when only client-side settings differ (:meth:`reuse_key`)."""
         import vllm
         from vllm import LLM, SamplingParams
 
@@ -150,19 +155,27 @@ class VLLMEngine(Engine):
 
         p = dict(request.params)
         emit(PHASE, {"phase": "loading"})
-        path = models.resolve(request.model)
-        synthetic = "synthetic" in request.model
-        kwargs = self.engine_kwargs(p)
-        if synthetic:  # random weights, no tokenizer in the engine: prompts go in as token ids
-            kwargs.update(load_format="dummy", skip_tokenizer_init=True)
-        t0 = time.perf_counter()
-        llm = LLM(model=path, seed=request.seed, **kwargs)
-        start_s = time.perf_counter() - t0
+        key = json.dumps([self.reuse_key(p), request.model, request.workload, request.seed], sort_keys=True, default=str)
         try:
-            prompts = _prompts(request, llm, path, synthetic)
+            kept = self._kept
+            if kept is not None and kept[0] == key:
+                llm, prompts, start_s = kept[1], kept[2], 0.0  # same engine settings: no new start
+            else:
+                self.close()
+                path = models.resolve(request.model)
+                synthetic = "synthetic" in request.model
+                kwargs = self.engine_kwargs(p)
+                if synthetic:  # random weights, no tokenizer in the engine: prompts go in as token ids
+                    kwargs.update(load_format="dummy", skip_tokenizer_init=True)
+                t0 = time.perf_counter()
+                llm = LLM(model=path, seed=request.seed, **kwargs)
+                start_s = time.perf_counter() - t0
+                self._kept = (key, llm, None)
+                prompts = _prompts(request, llm, path, synthetic)
+                self._kept = (key, llm, prompts)
             bs = int(p.get("batch_size") or len(prompts))
             resolved = {**_resolved(llm), "batch_size": min(bs, len(prompts)), "vllm_version": vllm.__version__,
-                        "compile_cache": os.environ.get("VLLM_CACHE_ROOT")}
+                        "compile_cache": os.environ.get("VLLM_CACHE_ROOT"), "engine_reused": kept is not None and kept[0] == key}
             emit(STARTED, {"start_s": start_s, "resolved": resolved})
 
             n_out = int(request.workload["output_tokens"])
@@ -184,8 +197,15 @@ class VLLMEngine(Engine):
             result["resolved"] = resolved
             result["peak_mem_bytes"] = _memory_in_use()
             return result
-        finally:
-            _shutdown(llm)
+        except BaseException:
+            self.close()  # an engine that broke mid-run is not handed to the next config
+            raise
+
+    def close(self) -> None:
+        """End the kept engine's processes, so the next start (or the next worker) gets the memory."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            _shutdown(kept[1])
 
 
 class VLLMError(RuntimeError):
