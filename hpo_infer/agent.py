@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from hpo_infer import space as sp
 from hpo_infer.engines import load_engine
 from hpo_infer.notes import NoteCallback
-from hpo_infer.protocol import PHASE, REPEAT, STARTED, Event, TrialRequest
+from hpo_infer.protocol import PHASE, REPEAT, STARTED, Event
 from hpo_infer.runner import COMPLETE, INFEASIBLE_S, STOPPED, TIMEOUT, Outcome, run_worker
 from hpo_infer.study import BASELINE, CONSTRAINT, ROLE
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 MAX_RETRIES = 1
 WAIT = "wait"  # stop reason meaning: nothing to take now, but trials of other agents still run
+REQUEUED = "requeued"  # trial attr: interrupted (or never reached in its pack) and queued again
 DEADLINE = "hpo_infer_deadline"  # study attr: unix time when the shared wall-time budget ends
 
 
@@ -227,7 +228,7 @@ class Agent:
             return []
         trials = self.study.get_trials(deepcopy=False)
         if self.spec.budget.trials is not None:  # the budget counts every trial taken
-            taken = sum(1 for t in trials if t.state in FINISHED or t.state == TrialState.RUNNING)
+            taken = sum(1 for t in trials if _spent(t) or t.state == TrialState.RUNNING)
             limit = min(limit, self.spec.budget.trials - taken)
         storage = self.study._storage
         out: list[optuna.Trial] = []
@@ -246,15 +247,7 @@ class Agent:
     def _launch(self, members: list["_Member"]) -> None:
         """One worker measures every member in turn (one engine start when they share it)."""
         first = members[0]
-        request = TrialRequest(
-            engine=self.spec.engine,
-            params=first.settings,
-            model=self.spec.model.model_dump(exclude_none=True),
-            workload=self.spec.workload.model_dump(exclude_none=True),
-            repeats=self.spec.repeats,
-            seed=self.spec.workload.seed,
-            configs=[m.settings for m in members] if len(members) > 1 else [],
-        )
+        request = self.spec.request([m.settings for m in members])
         # A pack is not pruned: stopping its worker would throw away the members after it.
         prunable = len(members) == 1 and first.role != BASELINE
         broke: list[Exception] = []
@@ -375,6 +368,7 @@ class Agent:
             return  # a sampled trial that never got its parameters: the sampler will propose anew
         attrs = {k: v for k, v in trial.user_attrs.items() if k in (ROLE, "baseline_params", "retries")}
         attrs.update({"retry_of": trial.number, "interrupted_in": trial.number})
+        trial.set_user_attr(REQUEUED, True)  # its copy runs instead: this one spends no budget
         self.study.enqueue_trial(params, user_attrs=attrs)
 
     def _record(self, trial: optuna.Trial, out: Outcome) -> None:
@@ -422,7 +416,7 @@ class Agent:
     def remaining(self) -> int | None:
         if self.spec.budget.trials is None:
             return None
-        done = len(self.study.get_trials(deepcopy=False, states=FINISHED))
+        done = sum(1 for t in self.study.get_trials(deepcopy=False, states=FINISHED) if _spent(t))
         return max(0, self.spec.budget.trials - done)
 
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -448,7 +442,7 @@ class Agent:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(self.study)  # a dead agent's trial: failed, queued again
         trials = self.study.get_trials(deepcopy=False)
-        finished = [t for t in trials if t.state in FINISHED]
+        finished = [t for t in trials if _spent(t)]
         # Running trials far past their timeout belong to nobody (a run without heartbeats that
         # died): they neither count against the budget nor are waited for.
         running = [t for t in trials if t.state == TrialState.RUNNING and self._live([t])]
@@ -566,6 +560,12 @@ class _Member:
     engine_started: bool = False  # the worker started the engine (for some member)
     out: Outcome | None = None
     rates: list[float] = field(default_factory=list)
+
+
+def _spent(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts against the trial budget: finished, and not an interrupted trial
+    whose copy was queued again (that copy counts when it runs)."""
+    return t.state in FINISHED and not (t.state == TrialState.FAIL and t.user_attrs.get(REQUEUED))
 
 
 def _feasible(t: optuna.trial.FrozenTrial) -> bool:

@@ -48,6 +48,16 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
         "verdict": describe(validation),
         "environment": best.user_attrs.get("env"),
     }
+    metrics = best.user_attrs.get("metrics")
+    if metrics:  # a serving study: the latencies behind the number, and the targets they met
+        spec = study.user_attrs.get("spec") or {}
+        objective = spec.get("objective") or {}
+        rec["serving"] = {
+            "objective": objective.get("metric", "throughput"),
+            "slo": objective.get("slo") or {},
+            "goodput_request_rate": metrics.get("goodput_request_rate"),
+            "latency_ms": {k: v for k, v in metrics.items() if k.endswith("_ms") and k.startswith(("p50", "p90", "p99"))},
+        }
     from hpo_infer.transfer import summary as transfer_summary
 
     transfer = transfer_summary(study)  # a transfer study: the paper's gain over the carried-over config
@@ -91,6 +101,10 @@ def _comment(rec: dict[str, Any]) -> str:
         f"# measured {rec['throughput_tok_s']:.1f} tok/s (baseline {rec['baseline_tok_s'] or float('nan'):.1f} tok/s)",
         f"# {rec['verdict']}",
     ]
+    serving = rec.get("serving") or {}
+    if serving.get("goodput_request_rate"):
+        targets = ", ".join(f"{k} <= {v:g}" for k, v in sorted(serving["slo"].items()))
+        lines.append(f"# goodput: {serving['goodput_request_rate']:.3g} req/s met {targets}")
     if rec.get("model_spec", {}).get("synthetic") is not None:
         lines.append("# synthetic model: add --load-format dummy, or replace the model with the real one")
     return "\n".join(lines) + "\n"

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from hpo_infer.protocol import TrialRequest
 from hpo_infer.runner import COMPLETE, run_worker
 from hpo_infer.study import BASELINE, ROLE, baseline_trial, ranked, settings_of
 
@@ -73,15 +72,7 @@ def revalidate(study: optuna.Study, spec: "StudySpec", gpus: list[int] | None = 
     if not any(role == "best" for role, _ in cands):
         return None
     configs = [t.user_attrs.get("settings", settings_of(t)) for _, t in cands]
-    request = TrialRequest(
-        engine=spec.engine,
-        params=configs[0],
-        model=spec.model.model_dump(exclude_none=True),
-        workload=spec.workload.model_dump(exclude_none=True),
-        repeats=max(spec.repeats, 3),
-        seed=spec.workload.seed,
-        configs=configs,
-    )
+    request = spec.request(configs, repeats=max(spec.repeats, 3))
     out = run_worker(request, spec.trial_timeout_s * len(configs), gpus=gpus)
     measured: dict[str, Any] = {}
     for (role, t), r in zip(cands, out.configs):

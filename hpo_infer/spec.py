@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hpo_infer.errors import InputError
 from hpo_infer.storage import DEFAULT_STORAGE, check_url
+
+if TYPE_CHECKING:
+    from hpo_infer.protocol import TrialRequest
 
 _STRICT = ConfigDict(extra="forbid", strict=False)
 
@@ -143,11 +146,21 @@ class BudgetSpec(BaseModel):
 
 class ObjectiveSpec(BaseModel):
     model_config = _STRICT
-    metric: Literal["throughput"] = "throughput"
+    # throughput: output tokens/s of the workload as given. goodput (serving engines): output
+    # tokens/s at the highest request rate whose latencies meet every ``slo`` target, found per
+    # trial by a bounded bisection below the server's saturation rate.
+    metric: Literal["throughput", "goodput"] = "throughput"
     direction: Literal["maximize"] = "maximize"
     # Service-level objectives: metric name -> the most it may be (e.g. p99_ttft_ms: 500). A
     # trial that misses one is infeasible (an Optuna constraint > 0); the engine names its metrics.
     slo: dict[str, float] = Field(default_factory=dict)
+    rate_steps: int = Field(default=4, ge=1, le=12, description="goodput: bisection steps below the saturation rate")
+
+    @model_validator(mode="after")
+    def _goodput_needs_targets(self) -> "ObjectiveSpec":
+        if self.metric == "goodput" and not self.slo:
+            raise ValueError("metric goodput needs 'slo' targets (e.g. slo: {p99_ttft_ms: 500})")
+        return self
 
 
 class StudySpec(BaseModel):
@@ -174,6 +187,24 @@ class StudySpec(BaseModel):
 
     def space(self) -> dict[str, Param]:
         return self.search_space or {}
+
+    def request(self, configs: list[dict[str, Any]], repeats: int | None = None) -> "TrialRequest":
+        """The worker request that measures ``configs`` (settings each) in turn, in one process."""
+        from hpo_infer.protocol import TrialRequest
+
+        extra: dict[str, Any] = {}
+        if self.objective.metric == "goodput":
+            extra["objective"] = self.objective.model_dump()
+        return TrialRequest(
+            engine=self.engine,
+            params=configs[0],
+            model=self.model.model_dump(exclude_none=True),
+            workload=self.workload.model_dump(exclude_none=True),
+            repeats=repeats or self.repeats,
+            seed=self.workload.seed,
+            configs=configs if len(configs) > 1 else [],
+            extra=extra,
+        )
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -318,6 +349,13 @@ def _check_slo(spec: StudySpec) -> None:
     from hpo_infer.engines import engine_class, engine_names
 
     eng = engine_class(spec.engine)
+    if spec.objective.metric == "goodput":
+        if not getattr(eng, "rate_search", False):
+            has = [n for n in engine_names() if getattr(engine_class(n), "rate_search", False)]
+            raise InputError(f"{spec.source}: objective.metric", f"engine {spec.engine!r} has no request rate to search (goodput engines: {', '.join(has)})")
+        if "request_rate" in spec.space() or "request_rate" in spec.fixed:
+            where = "search_space.request_rate" if "request_rate" in spec.space() else "fixed.request_rate"
+            raise InputError(f"{spec.source}: {where}", "metric goodput searches the request rate itself: leave request_rate out")
     for name, target in spec.objective.slo.items():
         if target <= 0:
             raise InputError(f"{spec.source}: objective.slo.{name}", f"a target must be > 0, got {_num(target)}")

@@ -35,6 +35,8 @@ def study_name(spec: "StudySpec", gpu: "GPUInfo") -> str:
              workload_label(spec.workload.model_dump(exclude_none=True))]
     if spec.objective.slo:  # other targets, other feasible set: another study, not a resume
         parts.append("slo-" + ",".join(f"{k}={v:g}" for k, v in sorted(spec.objective.slo.items())))
+    if spec.objective.metric != "throughput":  # another value per trial: another study
+        parts.append(spec.objective.metric)
     return ":".join(parts)
 
 

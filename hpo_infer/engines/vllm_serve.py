@@ -47,6 +47,7 @@ _VLLM_CLI = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
 
 class VLLMServeEngine(VLLMEngine):
     name = "vllm-serve"
+    rate_search = True  # objective.metric goodput: the worker searches the request rate
     settings = tuple(s for s in VLLMEngine.settings if s.name != "batch_size") + (
         Setting("request_rate", "float", AUTO, low=0.001, high=1_000_000,
                 help="client side: requests/s, Poisson arrivals (vllm bench serve --request-rate); default: all at once"),
@@ -102,16 +103,21 @@ class VLLMServeEngine(VLLMEngine):
             resolved = {"port": port, "vllm_version": self.version(), "server_args": cmd[len(_VLLM_CLI):]}
             emit(STARTED, {"start_s": start_s, "resolved": resolved})
             emit(PHASE, {"phase": "measuring"})
-            runs: list[dict[str, Any]] = []
+            goal = request.extra.get("objective") or {}
             with tempfile.TemporaryDirectory(prefix="hpo-bench-") as out:
-                for r in range(request.repeats):
-                    res = _bench(base, served, path, request, p, Path(out), r)
-                    rec = {"repeat": r, "tokens": int(res["total_output_tokens"]), "seconds": float(res["duration"]),
-                           "tok_s": float(res["output_throughput"])}
-                    emit(REPEAT, rec)
-                    runs.append(res)
+                bench = lambda q, r: _bench(base, served, path, request, q, Path(out), r)  # noqa: E731
+                if goal.get("metric") == "goodput":
+                    runs, search = _goodput(bench, p, goal, request.repeats, emit)
+                    resolved["goodput_search"] = search
+                else:
+                    runs = []
+                    for r in range(request.repeats):
+                        runs.append(bench(p, r))
+                        emit(REPEAT, _repeat_record(runs[-1], r))
             rates = [float(x["output_throughput"]) for x in runs]
             metrics = {k: statistics.median(float(x[k]) for x in runs) for k in self.metrics if all(k in x for x in runs)}
+            if goal.get("metric") == "goodput":
+                metrics["goodput_request_rate"] = resolved["goodput_search"]["request_rate"]
             metrics.update(
                 request_throughput=statistics.median(float(x["request_throughput"]) for x in runs),
                 completed=min(int(x["completed"]) for x in runs),
@@ -120,8 +126,7 @@ class VLLMServeEngine(VLLMEngine):
             return {
                 "value": statistics.median(rates),
                 "spread": spread(rates),
-                "repeats": [{"repeat": i, "tokens": int(x["total_output_tokens"]), "seconds": float(x["duration"]),
-                             "tok_s": float(x["output_throughput"])} for i, x in enumerate(runs)],
+                "repeats": [_repeat_record(x, i) for i, x in enumerate(runs)],
                 "metrics": metrics,
                 "start_s": start_s,
                 "resolved": resolved,
@@ -130,6 +135,66 @@ class VLLMServeEngine(VLLMEngine):
             }
         finally:
             _stop(server)
+
+
+class TargetsMissed(ValueError):
+    """No request rate down to the search's floor met the SLO targets: the config is infeasible."""
+
+
+def _repeat_record(res: dict[str, Any], r: int) -> dict[str, Any]:
+    return {"repeat": r, "tokens": int(res["total_output_tokens"]), "seconds": float(res["duration"]),
+            "tok_s": float(res["output_throughput"])}
+
+
+def _goodput(bench: Any, p: dict[str, Any], goal: dict[str, Any], repeats: int, emit: Emit) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The highest request rate whose latencies meet every target, and ``repeats`` runs at it.
+
+    Bounded: first all requests at once, which gives the server's saturation rate (no rate
+    above it can be served); if the targets hold there, that is the answer. Otherwise
+    ``rate_steps`` bisection steps between 0 and that rate (Poisson arrivals), so the answer is
+    within saturation / 2**steps of the true one. The passing probe counts as the first repeat.
+    """
+    slo: dict[str, float] = goal["slo"]
+    probes: list[dict[str, Any]] = []
+
+    def probe(rate: float | None) -> tuple[dict[str, Any], bool]:
+        res = bench({**p, "request_rate": AUTO if rate is None else round(rate, 4)}, len(probes))
+        ok = all(float(res.get(k, float("inf"))) <= v for k, v in slo.items())
+        probes.append({"request_rate": rate, "request_throughput": float(res["request_throughput"]),
+                       "output_tok_s": float(res["output_throughput"]), "meets": ok,
+                       **{k: res.get(k) for k in sorted(slo)}})
+        emit(PHASE, {"phase": f"goodput probe {len(probes)} at {'all at once' if rate is None else f'{rate:.3g} req/s'}: "
+                              f"{'meets' if ok else 'misses'} the targets"})
+        return res, ok
+
+    res, ok = probe(None)
+    saturation = float(res["request_throughput"])
+    best: tuple[float, dict[str, Any]] | None = (saturation, res) if ok else None
+    if best is None:
+        lo, hi = 0.0, saturation
+        res, ok = probe(hi)  # Poisson arrivals at the saturation rate are gentler than a burst
+        if ok:
+            best = (hi, res)
+        for _ in range(int(goal.get("rate_steps", 4)) - 1 if not ok else 0):
+            mid = (lo + hi) / 2
+            res, ok = probe(mid)
+            if ok:
+                lo, best = mid, (mid, res)
+            else:
+                hi = mid
+    search = {"saturation_request_rate": saturation, "probes": probes, "request_rate": best[0] if best else None}
+    if best is None:
+        floor = min(x["request_rate"] for x in probes if x["request_rate"] is not None)
+        missed = ", ".join(f"{k} {probes[-1][k]:.1f} > {v:g}" for k, v in sorted(slo.items())
+                           if probes[-1].get(k) is not None and float(probes[-1][k]) > v)
+        raise TargetsMissed(f"SLO missed at every request rate down to {floor:.3g} req/s ({missed})")
+    rate, first = best
+    runs = [first]
+    emit(REPEAT, _repeat_record(first, 0))
+    for r in range(1, repeats):
+        runs.append(bench({**p, "request_rate": AUTO if rate == saturation and probes[0]["meets"] else round(rate, 4)}, len(probes) + r))
+        emit(REPEAT, _repeat_record(runs[-1], r))
+    return runs, search
 
 
 def _free_port() -> int:
