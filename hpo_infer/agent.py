@@ -221,8 +221,10 @@ class Agent:
         """Grid points still waiting that differ from this trial's only in client-side settings
         (batch_size...): taken now, under the study lock, to share one engine start with it."""
         limit = self.spec.trials_per_engine - 1
-        if limit < 1 or self.spec.sampler.name != "grid" or fixed is None or trial.user_attrs.get(ROLE) == BASELINE:
+        if limit < 1 or self.spec.sampler.name != "grid" or fixed is None:
             return []
+        # The baseline may lead a pack: its settings are the engine defaults, which reuse_key
+        # fills in, so a grid point at the default engine settings shares its start.
         key = self.engine.reuse_key({**self.spec.fixed, **fixed})
         if key is None:
             return []

@@ -47,7 +47,10 @@ def points(study: optuna.Study, model: str, engine: str) -> list[Point]:
         s = t.user_attrs.get("settings", t.params)
         reps = [float(x) for x in t.user_attrs.get("repeats") or [t.value]]
         gpus = next((int(s[k]) for k in GPU_KEYS if k in s), 1)
-        out.append(Point(model, engine, int(s.get("batch_size", 1)), gpus, float(t.value), min(reps), max(reps), reps, t.number, s))
+        # A baseline leaves batch_size to the engine: vLLM's default is every prompt at once,
+        # not 1; the worker reports what it used.
+        batch = s.get("batch_size") or (t.user_attrs.get("resolved") or {}).get("batch_size") or 1
+        out.append(Point(model, engine, int(batch), gpus, float(t.value), min(reps), max(reps), reps, t.number, s))
     return out
 
 

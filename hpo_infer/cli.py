@@ -188,6 +188,18 @@ def settings(engine: str) -> None:
     settings_table(engine_class(engine))
 
 
+def _gpu_of_label(label: str) -> Any:
+    """``H100-80GB-HBM3x1`` -> the GPU whose study-name label it is (reports made on another host)."""
+    import re
+
+    from hpo_infer.hardware import GPUInfo
+
+    m = re.fullmatch(r"(.+)x(\d+)", label.strip())
+    if not m:
+        raise InputError("--gpu", f"expected a study-name GPU label such as H100-80GB-HBM3x1, got {label!r}")
+    return GPUInfo(m.group(1), int(m.group(2)))
+
+
 @main.command()
 @click.argument("study", required=False)
 @click.option("--storage", help=STORAGE_HELP)
@@ -195,7 +207,9 @@ def settings(engine: str) -> None:
 @click.option("--campaign", "campaign_file", type=click.Path(dir_okay=False), help="Report a whole campaign (the paper's views) instead of one study.")
 @click.option("--var", "variables", multiple=True, help="NAME=VALUE for ${NAME} in the campaign file.")
 @click.option("--paper-data", type=click.Path(dir_okay=False), help="paper-landscapes.csv, to compare with the paper's A100/V100 figures.")
-def report(study: str | None, storage: str | None, out_dir: str | None, campaign_file: str | None, variables: tuple[str, ...], paper_data: str | None) -> None:
+@click.option("--gpu", "gpu_label", help="With --campaign: the GPU label of the studies to report, as in their names (e.g. H100-80GB-HBM3x1); default: this host's.")
+def report(study: str | None, storage: str | None, out_dir: str | None, campaign_file: str | None, variables: tuple[str, ...],
+           paper_data: str | None, gpu_label: str | None) -> None:
     """Plots (landscape, history, importance) and a Markdown summary of STUDY (a name or its spec file)."""
     if campaign_file:
         import optuna
@@ -206,7 +220,7 @@ def report(study: str | None, storage: str | None, out_dir: str | None, campaign
 
         if paper_data and not Path(paper_data).is_file():
             raise InputError("--paper-data", f"no such file: {paper_data}")
-        gpu = detect_gpus()
+        gpu = detect_gpus() if gpu_label is None else _gpu_of_label(gpu_label)
         name, entries = camp.load(campaign_file, _vars(variables), 0 if gpu.name == "cpu" else gpu.count, storage)
         names = camp.study_names(entries, gpu)
         loaded = []

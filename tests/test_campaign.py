@@ -62,6 +62,13 @@ def test_paper_campaign_on_the_cpu(tmp_path: Path, shared_data: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert "study 1/2" in res.stdout and "study 2/2" in res.stdout
     assert "2/2 studies worked through" in " ".join(res.stdout.split())
+    # Batch sizes are client-side: each study's baseline and grid points share one engine start.
+    import optuna
+
+    for summary in optuna.get_all_study_summaries(db):
+        trials = optuna.load_study(study_name=summary.study_name, storage=db).get_trials(deepcopy=False)
+        starts = sorted(t.user_attrs["start_s"] for t in trials)
+        assert len(trials) >= 2 and starts[:-1] == [0.0] * (len(trials) - 1) and starts[-1] > 0, (summary.study_name, starts)
 
     out = tmp_path / "report"
     rep = run_cli("report", "--campaign", str(path), "--var", f"HUMANEVAL={humaneval}", "--storage", db,
@@ -98,3 +105,5 @@ def test_campaign_errors_are_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2 and "extra: unknown key" in res.stderr
     res = run_cli("campaign", str(path), "--var", "NOEQUALS", cwd=tmp_path)
     assert res.returncode == 2 and "--var" in res.stderr
+    res = run_cli("report", "--campaign", str(path), "--var", "HUMANEVAL=x", "--gpu", "H100", cwd=tmp_path)
+    assert res.returncode == 2 and "--gpu: expected a study-name GPU label" in res.stderr and "Traceback" not in res.stderr
