@@ -325,13 +325,24 @@ class Agent:
 
     def _tell(self, m: "_Member") -> None:
         """Finish a pack member in the storage, as ``optimize`` finishes the trial it asked for."""
+        log = logging.getLogger("hpo_infer.agent")
         try:
-            frozen = self.study.tell(m.trial, self._finish(m))
-        except optuna.TrialPruned:
-            frozen = self.study.tell(m.trial, state=TrialState.PRUNED)
-        except (WorkerFailed, Interrupted) as exc:
-            logging.getLogger("hpo_infer.agent").warning("trial %d failed: %s", m.trial.number, str(exc)[:300])
-            frozen = self.study.tell(m.trial, state=TrialState.FAIL)
+            try:
+                frozen = self.study.tell(m.trial, self._finish(m))
+            except optuna.TrialPruned:
+                frozen = self.study.tell(m.trial, state=TrialState.PRUNED)
+            except (WorkerFailed, Interrupted) as exc:
+                log.warning("trial %d failed: %s", m.trial.number, str(exc)[:300])
+                frozen = self.study.tell(m.trial, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
+            backend = getattr(self.study._storage, "_backend", self.study._storage)
+            if backend.get_trial(m.trial._trial_id).state != TrialState.FAIL:
+                raise
+            # Failed as stale by another agent while we measured it (a long database outage):
+            # its retry is queued; the rest of the pack goes on.
+            log.warning("trial %d was failed by another agent (stale heartbeat); its retry will run (%s)",
+                        m.trial.number, str(exc)[:200])
+            return
         for callback in (self._after_trial, NoteCallback()):
             callback(self.study, frozen)
 

@@ -48,6 +48,7 @@ def test_sigkill_an_agent_mid_trial_its_worker_tree_dies_and_another_agent_retri
         search_space={"x": {"type": "int", "low": 20, "high": 26, "step": 2}, "y": {"type": "int", "low": 1, "high": 2}},
         fixed={"mode": "spawn_child", "pass_s": 0.5},
         repeats=3,
+        trials_per_engine=1,  # one trial per worker: these tests follow one trial's fate
     )
     path = write_spec(tmp_path, spec)
     assert run_cli("db", "upgrade", "--storage", pg_url).returncode == 0
@@ -99,6 +100,7 @@ def test_sigterm_stops_every_agent_cleanly_exit_0_and_the_interrupted_trials_run
         search_space={"x": {"type": "int", "low": 20, "high": 26, "step": 2}, "y": {"type": "int", "low": 1, "high": 2}},
         fixed={"mode": "spawn_child", "pass_s": 0.3},
         repeats=3,
+        trials_per_engine=1,  # one trial per worker: these tests follow one trial's fate
     )
     path = write_spec(tmp_path, spec)
     tag = uuid.uuid4().hex
@@ -152,6 +154,7 @@ def test_a_trial_failed_under_a_live_agent_is_let_go_and_the_agent_carries_on(tm
         search_space={"x": {"type": "int", "low": 20, "high": 22, "step": 2}, "y": {"type": "int", "low": 1, "high": 2}},
         fixed={"mode": "spawn_child", "pass_s": 0.5},
         repeats=4,
+        trials_per_engine=1,  # one trial per worker: these tests follow one trial's fate
     )
     path = write_spec(tmp_path, spec)
     tag = uuid.uuid4().hex
@@ -178,3 +181,47 @@ def test_a_trial_failed_under_a_live_agent_is_let_go_and_the_agent_carries_on(tm
     assert_grid_once(study, spec)
     (retry,) = [r for r in study.trials if r.system_attrs.get("failed_trial") == t.number]
     assert retry.state == TrialState.COMPLETE
+
+
+def test_sigkill_an_agent_mid_pack_every_trial_of_its_pack_is_retried_once(tmp_path: Path, pg_url: str) -> None:
+    """Points that share one engine start (a pack) die together with their agent: a survivor
+    fails each as stale and measures its retry; no point is lost or measured twice."""
+    spec = grid_spec(
+        search_space={"x": {"type": "int", "low": 20, "high": 26, "step": 2}, "y": {"type": "int", "low": 1, "high": 1}},
+        fixed={"mode": "spawn_child", "pass_s": 0.5},
+        repeats=3,
+    )
+    path = write_spec(tmp_path, spec)
+    assert run_cli("db", "upgrade", "--storage", pg_url).returncode == 0
+    tag = uuid.uuid4().hex
+    victim = start_worker(path, pg_url, "--agents", "1", tag=tag, env=FAST_HEARTBEAT, log=tmp_path / "a0.log")
+    try:
+        mine = f"{socket.gethostname()}:{victim.pid}"
+        worker, grandchild = _trial_tree(psutil.Process(victim.pid))
+        study = load(pg_url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get("agent") == mine]
+            if len(running) >= 2:  # the pack's trials are all RUNNING while its worker measures
+                break
+            time.sleep(0.2)
+        assert len(running) >= 2, "the victim never held a pack"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait(timeout=10)
+        gone, alive = psutil.wait_procs([worker, grandchild], timeout=15)
+        assert not alive, "the killed agent's worker tree survived"
+        survivor = start_worker(path, pg_url, "--agents", "1", tag=tag, env=FAST_HEARTBEAT, log=tmp_path / "a1.log")
+        assert survivor.wait(timeout=300) == 0, (tmp_path / "a1.log").read_text()[-3000:]
+    finally:
+        for p in (victim, locals().get("survivor")):
+            if p is not None and p.poll() is None:
+                p.kill()
+    time.sleep(0.5)
+    assert not tagged(tag), "processes left behind"
+    study = load(pg_url)
+    killed = {t.number for t in running}
+    for n in killed:
+        assert study.trials[n].state == TrialState.FAIL
+        (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == n]
+        assert retry.state == TrialState.COMPLETE and retry.user_attrs["agent"] != mine
+    assert_grid_once(study, spec)
