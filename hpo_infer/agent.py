@@ -213,8 +213,6 @@ class Agent:
         trial.set_user_attr("settings", settings)
         trial.set_user_attr("fixed", dict(self.spec.fixed))
         trial.set_user_attr("agent", self.name if self.gpus is None else f"{self.name} gpus {','.join(map(str, self.gpus))}")
-        if pack_of is not None:
-            trial.set_user_attr("engine_shared_with", pack_of)
         return _Member(trial, params, settings, role, pack_of)
 
     def _take_pack(self, trial: optuna.Trial, fixed: dict[str, Any] | None) -> list[optuna.Trial]:

@@ -72,8 +72,6 @@ class Outcome:
         own status where it ended, else the session's (timeout, stop); the wall time shared out."""
         r = self.configs[i]
         status = r.status if r.status in (COMPLETE, INFEASIBLE_S) else self.status
-        if status == COMPLETE and r.status != COMPLETE:
-            status = FAILED_S
         wall = self.wall_s / len(self.configs)
         return Outcome(status, [r], self.env, wall, self.returncode, r.error or self.error, self.log_tail)
 

@@ -62,12 +62,8 @@ class FaultEngine(Engine):
         emit(PHASE, {"phase": "loading"})
         key = f"{self.reuse_key(p)}|{request.seed}"
         reused = self._started == key
-        if reused:
-            pass  # the same simulated engine: no start to pay
-        elif mode == "slow_start":
-            time.sleep(max(p["start_s"], 1.0))
-        elif p["start_s"]:
-            time.sleep(p["start_s"])
+        if not reused:  # the same simulated engine left started costs no start
+            time.sleep(max(p["start_s"], 1.0) if mode == "slow_start" else p["start_s"])
         if mode == "crash_start":
             os._exit(3)  # like a segfaulting engine: no Python exception, no result
         if mode == "reject":

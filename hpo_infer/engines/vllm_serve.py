@@ -157,8 +157,11 @@ def _goodput(bench: Any, p: dict[str, Any], goal: dict[str, Any], repeats: int, 
     slo: dict[str, float] = goal["slo"]
     probes: list[dict[str, Any]] = []
 
+    def offered(rate: float | None) -> Any:
+        return AUTO if rate is None else round(rate, 4)  # None: every request at once
+
     def probe(rate: float | None) -> tuple[dict[str, Any], bool]:
-        res = bench({**p, "request_rate": AUTO if rate is None else round(rate, 4)}, len(probes))
+        res = bench({**p, "request_rate": offered(rate)}, len(probes))
         ok = all(float(res.get(k, float("inf"))) <= v for k, v in slo.items())
         probes.append({"request_rate": rate, "request_throughput": float(res["request_throughput"]),
                        "output_tok_s": float(res["output_throughput"]), "meets": ok,
@@ -169,30 +172,31 @@ def _goodput(bench: Any, p: dict[str, Any], goal: dict[str, Any], repeats: int, 
 
     res, ok = probe(None)
     saturation = float(res["request_throughput"])
-    best: tuple[float, dict[str, Any]] | None = (saturation, res) if ok else None
-    if best is None:
-        lo, hi = 0.0, saturation
-        res, ok = probe(hi)  # Poisson arrivals at the saturation rate are gentler than a burst
+    # (goodput rate, the passing run, the rate it was offered at)
+    best: tuple[float, dict[str, Any], float | None] | None = (saturation, res, None) if ok else None
+    lo, hi = 0.0, saturation
+    # The first step offers the saturation rate with Poisson arrivals, gentler than a burst: a
+    # pass there ends the search (no higher rate can be served); a miss starts the bisection.
+    for step in range(0 if ok else int(goal.get("rate_steps", 4))):
+        rate = hi if step == 0 else (lo + hi) / 2
+        res, ok = probe(rate)
         if ok:
-            best = (hi, res)
-        for _ in range(int(goal.get("rate_steps", 4)) - 1 if not ok else 0):
-            mid = (lo + hi) / 2
-            res, ok = probe(mid)
-            if ok:
-                lo, best = mid, (mid, res)
-            else:
-                hi = mid
+            lo, best = rate, (rate, res, rate)
+            if step == 0:
+                break
+        else:
+            hi = rate
     search = {"saturation_request_rate": saturation, "probes": probes, "request_rate": best[0] if best else None}
     if best is None:
         floor = min(x["request_rate"] for x in probes if x["request_rate"] is not None)
         missed = ", ".join(f"{k} {probes[-1][k]:.1f} > {v:g}" for k, v in sorted(slo.items())
                            if probes[-1].get(k) is not None and float(probes[-1][k]) > v)
         raise TargetsMissed(f"SLO missed at every request rate down to {floor:.3g} req/s ({missed})")
-    rate, first = best
+    _, first, at = best
     runs = [first]
     emit(REPEAT, _repeat_record(first, 0))
     for r in range(1, repeats):
-        runs.append(bench({**p, "request_rate": AUTO if rate == saturation and probes[0]["meets"] else round(rate, 4)}, len(probes) + r))
+        runs.append(bench({**p, "request_rate": offered(at)}, len(probes) + r))
         emit(REPEAT, _repeat_record(runs[-1], r))
     return runs, search
 
