@@ -12,8 +12,9 @@ Each run is a study as ``hpo-infer tune`` runs it, in process (``bench/paper_rep
 search: the product's sampler factory, space and replay lookup rules), without the defaults'
 trial, which every arm measures once (add 1 to every count). Reported per sampler over seeds:
 trials until the best so far is the grid's best configuration, and until it is within 5% and
-10% of it; ``distinct`` counts configurations measured (a sampler may propose a point twice,
-and the study measures it twice). The grid arm is the grid in auto_tune.sh's order.
+10% of it; ``distinct`` counts configurations measured by then, which is what costs GPU time:
+a sampler may propose a point twice, and the agent then tells it the earlier result (a trial
+of the budget, no engine start). The grid arm is the grid in auto_tune.sh's order.
 
     .venv/bin/python bench/serving_search.py [TABLE] [--seeds 100]
 """

@@ -34,7 +34,7 @@ from hpo_infer.engines import load_engine
 from hpo_infer.notes import NoteCallback
 from hpo_infer.protocol import PHASE, REPEAT, STARTED, Event
 from hpo_infer.runner import COMPLETE, INFEASIBLE_S, STOPPED, TIMEOUT, Outcome, run_worker
-from hpo_infer.study import BASELINE, CONSTRAINT, ROLE
+from hpo_infer.study import BASELINE, CONSTRAINT, DUPLICATE_OF, ROLE
 
 if TYPE_CHECKING:
     from hpo_infer.db.lock import StudyLock
@@ -166,6 +166,7 @@ class Agent:
         self.deadline: float | None = None
         self.stopped_because: str | None = None
         self._current: tuple[int, int] | None = None  # (trial id, number) of the trial in hand
+        self._points: set[str] | None = None  # a finite space's points (empty: not finite), for the stop rule
         # Recorded on each trial: which agent ran it (host:pid), to follow a fleet's work.
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -185,6 +186,10 @@ class Agent:
             if self.lock is not None:
                 self.lock.release()  # the trials are ours: other agents may take the next ones
         members = [self._member(trial)] + [self._member(t, pack_of=trial.number) for t in extras]
+        if fixed is None:  # the sampler's own proposal (queued trials are measured as asked)
+            twin = self._measured_twin(members[0])
+            if twin is not None:
+                return self._copy(trial, twin)
         self.progress.update(trial=trial.number, phase="checking")
         runnable = []
         for m in members:
@@ -214,6 +219,26 @@ class Agent:
         trial.set_user_attr("fixed", dict(self.spec.fixed))
         trial.set_user_attr("agent", self.name if self.gpus is None else f"{self.name} gpus {','.join(map(str, self.gpus))}")
         return _Member(trial, params, settings, role, pack_of)
+
+    def _measured_twin(self, m: "_Member") -> optuna.trial.FrozenTrial | None:
+        """An earlier completed trial with these very settings. TPE and GP re-propose measured
+        points of small discrete spaces (Optuna's FAQ answers it the same way): the earlier
+        result stands, as a trial of its own, without a second engine start."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number != m.trial.number and DUPLICATE_OF not in t.user_attrs and t.user_attrs.get("settings") == m.settings:
+                return t
+        return None
+
+    def _copy(self, trial: optuna.Trial, twin: optuna.trial.FrozenTrial) -> float:
+        """Tell ``trial`` what ``twin`` measured: value, constraints (feasible, SLO) and verdict."""
+        for k in ("status", "failure", "launched", "metrics", "spread"):
+            if k in twin.user_attrs:
+                trial.set_user_attr(k, twin.user_attrs[k])
+        trial.set_user_attr(DUPLICATE_OF, twin.number)
+        for name, v in twin.constraints.items():
+            trial.set_constraint(name, v)
+        self.progress.update(trial=trial.number, phase=f"same settings as trial {twin.number}: not measured again")
+        return float(twin.value)  # type: ignore[arg-type]
 
     def _take_pack(self, trial: optuna.Trial, fixed: dict[str, Any] | None) -> list[optuna.Trial]:
         """Grid points still waiting that differ from this trial's only in client-side settings
@@ -466,9 +491,28 @@ class Agent:
             reason = "patience"
         elif self.spec.sampler.name == "grid" and not any(t.state == TrialState.WAITING for t in trials):
             reason = "grid done"
+        elif self._space_measured(trials):
+            reason = "every point measured"
         if reason is not None and running:
             return WAIT
         return reason
+
+    def _space_measured(self, trials: list[optuna.trial.FrozenTrial]) -> bool:
+        """A finite space whose every point has a completed trial: further proposals could only
+        repeat a measurement (and would not be measured again), so the search is over."""
+        if self.spec.sampler.name == "grid":
+            return False
+        if self._points is None:
+            space = self.spec.space()
+            try:
+                finite = all(p.type != "float" or p.step for p in space.values())
+                self._points = {_point_key(pt) for pt in sp.grid(space)} if finite else set()
+            except ValueError:  # more points than a grid may have
+                self._points = set()
+        if not self._points:
+            return False
+        done = {_point_key(t.params) for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(ROLE) != BASELINE}
+        return self._points <= done
 
     def _patience_spent(self, finished: list[optuna.trial.FrozenTrial]) -> bool:
         pat = self.spec.budget.patience

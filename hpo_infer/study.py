@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 ROLE = "hpo_infer_role"  # "baseline" | "grid" | "carried_over" | "warm_start"
 BASELINE = "baseline"
 CONSTRAINT = "feasible"  # constraint name: > 0 means infeasible
+# Trial attr: the number of the earlier trial that measured these very settings. Samplers
+# re-propose points of small discrete spaces; the agent tells the earlier result instead of
+# measuring again, so the point has one representative in rankings (the earlier trial).
+DUPLICATE_OF = "duplicate_of"
 
 
 def key_gpu(spec: "StudySpec", gpu: "GPUInfo") -> "GPUInfo":
@@ -139,8 +143,9 @@ def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 
 def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Feasible trials, best first."""
-    return sorted(feasible_trials(study), key=lambda t: t.value or 0.0, reverse=True)
+    """Feasible trials, best first; a re-proposed point counts once (its first measurement)."""
+    points = [t for t in feasible_trials(study) if DUPLICATE_OF not in t.user_attrs]
+    return sorted(points, key=lambda t: t.value or 0.0, reverse=True)
 
 
 def settings_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:

@@ -63,6 +63,8 @@ def trial_line(t: Any) -> str:
         status = "failed"
     value = f"{t.value:,.1f} tok/s" if t.value is not None and status == "ok" else ""
     why = t.user_attrs.get("failure") or ""
+    if t.user_attrs.get("duplicate_of") is not None:
+        why = f"(same settings as trial {t.user_attrs['duplicate_of']}: not measured again) {why}"
     role = t.user_attrs.get("hpo_infer_role")
     tag = f" [{role}]" if role else ""
     return f"trial {t.number}{tag}: {status} {value} {_fmt_settings(t.user_attrs.get('settings', t.params))} {why}".rstrip()

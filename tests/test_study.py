@@ -177,3 +177,29 @@ def test_a_significant_loss_is_not_called_a_tie() -> None:
 
     v = {"best_vs_baseline": {"gain_pct": -55.6, "p_value": 0.004, "significant": True}}
     assert "worse than the engine defaults" in describe(v) and "tie" not in describe(v)
+
+
+def test_a_re_proposed_point_is_not_measured_again_and_a_measured_space_ends_the_study(tmp_path: Path) -> None:
+    """TPE re-proposes points of a 4-point space; each is measured once, its repeats are told the
+    first result, rankings hold each point once, and the study ends when all 4 are measured."""
+    from hpo_infer.study import ranked
+
+    spec = fault_spec(
+        sampler={"name": "tpe", "seed": 0}, budget={"trials": 40}, repeats=1,
+        search_space={"x": {"type": "categorical", "choices": [8, 64]}, "y": {"type": "categorical", "choices": [1, 4]}},
+    )
+    study, res = _tune(tmp_path, spec)
+    sampled = [t for t in study.trials if t.user_attrs.get("hpo_infer_role") != "baseline"]
+    measured = [t for t in sampled if "duplicate_of" not in t.user_attrs]
+    copies = [t for t in sampled if "duplicate_of" in t.user_attrs]
+    assert sorted((t.params["x"], t.params["y"]) for t in measured) == [(8, 1), (8, 4), (64, 1), (64, 4)]
+    assert all("wall_s" in t.user_attrs for t in measured)
+    assert copies, "seed 0 re-proposes a measured point within the 5 start-up trials"
+    for c in copies:
+        twin = study.trials[c.user_attrs["duplicate_of"]]
+        assert twin.params == c.params and twin.value == c.value and "wall_s" not in c.user_attrs
+        assert c.constraints == twin.constraints
+    assert len(study.trials) < 40 and "every point measured" in res.stdout, res.stdout[-2000:]
+    assert f"same settings as trial {copies[0].user_attrs['duplicate_of']}: not measured again" in " ".join(res.stdout.split())
+    best = ranked(study)
+    assert len({json.dumps(t.params, sort_keys=True) for t in best}) == len(best)
