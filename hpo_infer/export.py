@@ -56,6 +56,7 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
             "objective": objective.get("metric", "throughput"),
             "slo": objective.get("slo") or {},
             "goodput_request_rate": metrics.get("goodput_request_rate"),
+            "goodput_missed_request_rate": metrics.get("goodput_missed_request_rate"),
             "latency_ms": {k: v for k, v in metrics.items() if k.endswith("_ms") and k.startswith(("p50", "p90", "p99"))},
         }
     from hpo_infer.transfer import summary as transfer_summary
@@ -104,7 +105,9 @@ def _comment(rec: dict[str, Any]) -> str:
     serving = rec.get("serving") or {}
     if serving.get("goodput_request_rate"):
         targets = ", ".join(f"{k} <= {v:g}" for k, v in sorted(serving["slo"].items()))
-        lines.append(f"# goodput: {serving['goodput_request_rate']:.3g} req/s met {targets}")
+        missed = serving.get("goodput_missed_request_rate")
+        bracket = f" (missed them at {missed:.3g} req/s)" if missed else " (the saturation rate)"
+        lines.append(f"# goodput: {serving['goodput_request_rate']:.3g} req/s met {targets}{bracket}")
     if rec.get("model_spec", {}).get("synthetic") is not None:
         lines.append("# synthetic model: add --load-format dummy, or replace the model with the real one")
     return "\n".join(lines) + "\n"

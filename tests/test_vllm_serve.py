@@ -146,6 +146,7 @@ def test_goodput_bisects_below_the_saturation_rate() -> None:
     assert calls[0] == AUTO and calls[1] == 100.0  # a burst, then Poisson at the saturation rate
     assert [x["meets"] for x in search["probes"]] == [False, False, True, True, False]  # burst, 100, 50, 75, 87.5
     assert search["request_rate"] == 75.0  # within saturation / 2**steps of the true 75
+    assert search["missed_request_rate"] == 87.5  # the answer's bracket: [75, 87.5)
     assert len(runs) == 2 and calls[-1] == 75.0  # the passing probe is repeat 1; one more run at its rate
     assert [d["repeat"] for k, d in events if k == "repeat"] == [0, 1]
 
@@ -156,6 +157,7 @@ def test_goodput_is_the_full_rate_when_a_burst_meets_the_targets() -> None:
     bench, calls = _fake_server(capacity=100.0)
     runs, search = _goodput(bench, {}, {"slo": {"p99_tpot_ms": 20.0}, "rate_steps": 4}, 1, lambda k, d: None)
     assert calls == [AUTO] and search["request_rate"] == 100.0 and len(runs) == 1
+    assert search["missed_request_rate"] is None
 
 
 def test_goodput_that_no_rate_meets_is_infeasible_with_the_floor_it_reached() -> None:
@@ -196,4 +198,13 @@ def test_real_goodput_trial_on_cpu(tmp_path: Path) -> None:
     assert t.value == pytest.approx(search["probes"][0]["output_tok_s"])
     exp = run_cli("export", summary.study_name, "--storage", url, "--format", "vllm-cli")
     assert exp.returncode == 0, exp.stderr
-    assert "# goodput: " in exp.stdout and "req/s met p99_ttft_ms <= 600000" in exp.stdout
+    assert "# goodput: " in exp.stdout and "req/s met p99_ttft_ms <= 600000 (the saturation rate)" in exp.stdout
+
+
+def test_export_names_the_goodput_bracket() -> None:
+    """The exported comment says where the targets were missed: how far a re-run could move the answer."""
+    from hpo_infer.export import _comment
+
+    rec = {"study": "s", "throughput_tok_s": 6000.0, "baseline_tok_s": 4500.0, "verdict": "v", "model_spec": {},
+           "serving": {"slo": {"p99_ttft_ms": 250}, "goodput_request_rate": 59.05, "goodput_missed_request_rate": 78.74}}
+    assert "# goodput: 59 req/s met p99_ttft_ms <= 250 (missed them at 78.7 req/s)" in _comment(rec)
