@@ -50,13 +50,17 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
     }
     metrics = best.user_attrs.get("metrics")
     if metrics:  # a serving study: the latencies behind the number, and the targets they met
+        from hpo_infer.engines.vllm_serve import missed_rate  # import-light: no vllm
+
+        search = (best.user_attrs.get("resolved") or {}).get("goodput_search")
         spec = study.user_attrs.get("spec") or {}
         objective = spec.get("objective") or {}
         rec["serving"] = {
             "objective": objective.get("metric", "throughput"),
             "slo": objective.get("slo") or {},
             "goodput_request_rate": metrics.get("goodput_request_rate"),
-            "goodput_missed_request_rate": metrics.get("goodput_missed_request_rate"),
+            "goodput_missed_request_rate": missed_rate(search) if search else None,
+            "goodput_is_saturation": bool(search) and search.get("request_rate") == search.get("saturation_request_rate"),
             "latency_ms": {k: v for k, v in metrics.items() if k.endswith("_ms") and k.startswith(("p50", "p90", "p99"))},
         }
     from hpo_infer.transfer import summary as transfer_summary
@@ -106,7 +110,7 @@ def _comment(rec: dict[str, Any]) -> str:
     if serving.get("goodput_request_rate"):
         targets = ", ".join(f"{k} <= {v:g}" for k, v in sorted(serving["slo"].items()))
         missed = serving.get("goodput_missed_request_rate")
-        bracket = f" (missed them at {missed:.3g} req/s)" if missed else " (the saturation rate)"
+        bracket = f" (missed them at {missed:.3g} req/s)" if missed else " (the saturation rate)" if serving.get("goodput_is_saturation") else ""
         lines.append(f"# goodput: {serving['goodput_request_rate']:.3g} req/s met {targets}{bracket}")
     if rec.get("model_spec", {}).get("synthetic") is not None:
         lines.append("# synthetic model: add --load-format dummy, or replace the model with the real one")

@@ -118,8 +118,6 @@ class VLLMServeEngine(VLLMEngine):
             metrics = {k: statistics.median(float(x[k]) for x in runs) for k in self.metrics if all(k in x for x in runs)}
             if goal.get("metric") == "goodput":
                 metrics["goodput_request_rate"] = resolved["goodput_search"]["request_rate"]
-                if resolved["goodput_search"]["missed_request_rate"] is not None:
-                    metrics["goodput_missed_request_rate"] = resolved["goodput_search"]["missed_request_rate"]
             metrics.update(
                 request_throughput=statistics.median(float(x["request_throughput"]) for x in runs),
                 completed=min(int(x["completed"]) for x in runs),
@@ -188,12 +186,8 @@ def _goodput(bench: Any, p: dict[str, Any], goal: dict[str, Any], repeats: int, 
                 break
         else:
             hi = rate
-    # The bracket the answer lies in: the lowest Poisson rate that missed (None: the passing rate
-    # is the saturation rate). One run's p99 decides each probe, so a close call can fall either
-    # way on a re-run; the bracket says how far that moves the answer.
-    above = [x["request_rate"] for x in probes if x["request_rate"] is not None and not x["meets"]]
-    search = {"saturation_request_rate": saturation, "probes": probes, "request_rate": best[0] if best else None,
-              "missed_request_rate": min(above) if above and best else None}
+    search = {"saturation_request_rate": saturation, "probes": probes, "request_rate": best[0] if best else None}
+    search["missed_request_rate"] = missed_rate(search)
     if best is None:
         floor = min(x["request_rate"] for x in probes if x["request_rate"] is not None)
         missed = ", ".join(f"{k} {probes[-1][k]:.1f} > {v:g}" for k, v in sorted(slo.items())
@@ -206,6 +200,15 @@ def _goodput(bench: Any, p: dict[str, Any], goal: dict[str, Any], repeats: int, 
         runs.append(bench({**p, "request_rate": offered(at)}, len(probes) + r))
         emit(REPEAT, _repeat_record(runs[-1], r))
     return runs, search
+
+
+def missed_rate(search: dict[str, Any]) -> float | None:
+    """The bracket a goodput answer lies in: the lowest Poisson rate that missed the targets
+    (None: the answer is the saturation rate, or there is none). One run's p99 decides each
+    probe, so a close call can fall either way on a re-run; the bracket says how far that moves
+    the answer. Computed from the probes, so searches recorded before it was kept have it too."""
+    above = [x["request_rate"] for x in search.get("probes", []) if x["request_rate"] is not None and not x["meets"]]
+    return min(above) if above and search.get("request_rate") is not None else None
 
 
 def _free_port() -> int:
