@@ -145,13 +145,14 @@ def _resolve_study(study: str, storage_flag: str | None):
 @click.option("--storage", help=STORAGE_HELP)
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json", "vllm-cli", "hf-kwargs"]), default="yaml", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
-def export(study: str, storage: str | None, fmt: str, out_path: str | None) -> None:
+@click.option("--pareto", is_flag=True, help="Serving studies: every configuration on the tokens/s vs latency Pareto front, not only the best.")
+def export(study: str, storage: str | None, fmt: str, out_path: str | None, pareto: bool) -> None:
     """Write the best feasible settings of STUDY (a name or its spec file) for the engine to take as-is."""
-    from hpo_infer.export import best_record, render
+    from hpo_infer.export import best_record, front_record, render, render_front
 
     st = _resolve_study(study, storage)
-    rec = best_record(st)
-    text = render(rec, fmt)
+    rec = front_record(st) if pareto else best_record(st)
+    text = render_front(rec, fmt) if pareto else render(rec, fmt)
     if out_path:
         Path(out_path).write_text(text)
         click.echo(f"wrote {out_path}", err=True)

@@ -23,6 +23,35 @@ from hpo_infer.study import baseline_trial, ranked, settings_of
 FORMATS = ("yaml", "json", "vllm-cli", "hf-kwargs")
 
 
+def front_record(study: optuna.Study) -> dict[str, Any]:
+    """The throughput-vs-latency front of a serving study (``export --pareto``)."""
+    from hpo_infer import pareto
+
+    names = pareto.axes(study)
+    best = pareto.front(study, names)
+    if not best:
+        raise InputError("--pareto", f"study {study.study_name!r} has no trial with latency metrics ({', '.join(names)}): "
+                                     "serving studies (engine vllm-serve) measure them")
+    return {"study": study.study_name, "engine": study.user_attrs.get("engine"), "model": study.user_attrs.get("model"),
+            "model_spec": study.user_attrs.get("model_spec"), "latency_axes": names,
+            "pareto": [pareto.record(t, names) for t in best]}
+
+
+def render_front(rec: dict[str, Any], fmt: str) -> str:
+    """yaml/json as is; vllm-cli: one commented ``vllm serve`` line per front point."""
+    if fmt in ("yaml", "json"):
+        return render(rec, fmt)
+    if fmt != "vllm-cli" or rec["engine"] not in ("vllm", "vllm-serve"):
+        raise InputError("--format", f"--pareto writes yaml, json or vllm-cli (vLLM studies); got {fmt!r} for engine {rec['engine']!r}")
+    eng = engine_class(rec["engine"])
+    lines = [f"# hpo-infer Pareto front of study {rec['study']}: tokens/s vs {', '.join(rec['latency_axes'])}"]
+    for p in rec["pareto"]:
+        lat = ", ".join(f"{k} {v:.1f}" for k, v in p["latency_ms"].items())
+        lines.append(f"# trial {p['trial']}: {p['throughput_tok_s']:.1f} tok/s, {lat}{'' if p['meets_targets'] else ' (misses the targets)'}")
+        lines.append(" ".join(shlex.quote(a) for a in ["vllm", "serve", _model_ref(rec), *eng.cli_flags(p["settings"])]))  # type: ignore[attr-defined]
+    return "\n".join(lines) + "\n"
+
+
 def best_record(study: optuna.Study) -> dict[str, Any]:
     """Everything an export carries; raises InputError when the study has no feasible trial."""
     best_list = ranked(study)

@@ -42,6 +42,22 @@ def _plt():
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _tokens_axes(ax: Any, xlabel: str, title: str) -> None:
+    """Tokens/s on y, grid, legend and title: the single-panel plots' common frame."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("tokens/s")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+
+
 def plot_landscape(study: optuna.Study, path: Path) -> Path | None:
     """Throughput against each setting: the paper's landscape view, one panel per setting."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -73,10 +89,7 @@ def plot_landscape(study: optuna.Study, path: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(study.study_name, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_history(study: optuna.Study, path: Path) -> Path | None:
@@ -96,15 +109,37 @@ def plot_history(study: optuna.Study, path: Path) -> Path | None:
     base = baseline_trial(study)
     if base is not None:
         ax.axhline(base.value, color="black", ls="--", lw=1, label="baseline (engine defaults)")
-    ax.set_xlabel("trial")
-    ax.set_ylabel("tokens/s")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("optimisation history", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _tokens_axes(ax, "trial", "optimisation history")
+    return _save(plt, fig, path)
+
+
+def plot_pareto(study: optuna.Study, path: Path) -> Path | None:
+    """Serving studies: tokens/s against the first latency axis, the Pareto front as a line."""
+    from hpo_infer import pareto
+
+    names = pareto.axes(study)
+    pts = pareto._points(study, names)
+    best = pareto.front(study, names)
+    if not best:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    lat = lambda t: t.user_attrs["metrics"][names[0]]  # noqa: E731
+    ok = [t for t in pts if pareto.meets(t)]
+    miss = [t for t in pts if not pareto.meets(t)]
+    ax.scatter([lat(t) for t in ok], [t.value for t in ok], s=24, label="trial (meets targets)")
+    if miss:
+        ax.scatter([lat(t) for t in miss], [t.value for t in miss], s=24, marker="x", color="tab:red", label="trial (misses targets)")
+    # Rings, not a line: with two latencies the front need not be monotone in the one plotted.
+    ax.scatter([lat(t) for t in best], [t.value for t in best], s=110, facecolors="none", edgecolors="tab:green",
+               label=f"Pareto front ({', '.join(names)})")
+    for t in best:
+        ax.annotate(str(t.number), (lat(t), t.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    slo = ((study.user_attrs.get("spec") or {}).get("objective") or {}).get("slo") or {}
+    if names[0] in slo:
+        ax.axvline(slo[names[0]], color="black", ls="--", lw=1, label=f"target {names[0]} {slo[names[0]]:g}")
+    _tokens_axes(ax, f"{names[0]} (ms)", "throughput vs latency")
+    return _save(plt, fig, path)
 
 
 def plot_importance(study: optuna.Study, path: Path) -> Path | None:
@@ -124,10 +159,7 @@ def plot_importance(study: optuna.Study, path: Path) -> Path | None:
     ax.barh(names, [imp[n] for n in names], color="tab:blue")
     ax.set_xlabel("importance (PED-ANOVA)")
     ax.set_title("parameter importance", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def compute_bound(study: optuna.Study) -> float | None:
@@ -176,6 +208,7 @@ def summary_markdown(study: optuna.Study, plots: dict[str, Path | None]) -> str:
         out.append("compute bound: n/a (needs a known GPU and model config)")
     if a.get("transfer"):
         out += ["", "## Transfer", f"`{json.dumps(a['transfer'], default=str)}`"]
+    out += _pareto_section(study)
     fails = collections.Counter(failure_kind(t) for t in trials if _status(t) in ("failed", "infeasible"))
     if fails:
         out += ["", "## Failures by kind", "", "| kind | trials |", "|---|---|"]
@@ -185,12 +218,31 @@ def summary_markdown(study: optuna.Study, plots: dict[str, Path | None]) -> str:
     return mask("\n".join(out) + "\n")
 
 
+def _pareto_section(study: optuna.Study) -> list[str]:
+    from hpo_infer import pareto
+
+    names = pareto.axes(study)
+    best = pareto.front(study, names)
+    if not best:
+        return []
+    out = ["", "## Throughput vs latency (Pareto front)", "",
+           "Measured configurations that no other one beats on tokens/s and on every latency; "
+           "`hpo-infer export --pareto` writes them.", "",
+           "| trial | settings | tokens/s | " + " | ".join(names) + " | meets targets |", "|---" * (len(names) + 4) + "|"]
+    for t in best:
+        m = t.user_attrs["metrics"]
+        out.append(f"| {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` | {t.value:,.1f} | "
+                   + " | ".join(f"{m[n]:,.1f}" for n in names) + f" | {'yes' if pareto.meets(t) else 'no'} |")
+    return out
+
+
 def write_report(study: optuna.Study, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {
         "landscape": plot_landscape(study, out_dir / "landscape.png"),
         "history": plot_history(study, out_dir / "history.png"),
         "importance": plot_importance(study, out_dir / "importance.png"),
+        "pareto": plot_pareto(study, out_dir / "pareto.png"),
     }
     md = out_dir / "summary.md"
     md.write_text(summary_markdown(study, plots))

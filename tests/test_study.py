@@ -203,3 +203,36 @@ def test_a_re_proposed_point_is_not_measured_again_and_a_measured_space_ends_the
     assert f"same settings as trial {copies[0].user_attrs['duplicate_of']}: not measured again" in " ".join(res.stdout.split())
     best = ranked(study)
     assert len({json.dumps(t.params, sort_keys=True) for t in best}) == len(best)
+
+
+def test_pareto_front_of_throughput_vs_latency_in_report_and_export(tmp_path: Path) -> None:
+    """The fault engine's known trade-off: throughput peaks at x=24, y=2 while TTFT grows with x and
+    TPOT with y. The front is the defaults (x=1, y=1) and x in {8, 16, 24} x y in {1, 2}; x=56 and
+    y=4 lose on throughput at no latency gain."""
+    spec = fault_spec(
+        sampler={"name": "grid"}, budget={"trials": 20}, repeats=1, fixed={"pass_s": 0.02, "latency": "on"},
+        search_space={"x": {"type": "categorical", "choices": [8, 16, 24, 56]}, "y": {"type": "categorical", "choices": [1, 2, 4]}},
+    )
+    study, _ = _tune(tmp_path, spec)
+    db = f"sqlite:///{tmp_path / 's.db'}"
+    exp = run_cli("export", study.study_name, "--storage", db, "--format", "json", "--pareto")
+    assert exp.returncode == 0, exp.stderr
+    rec = json.loads(exp.stdout)
+    assert rec["latency_axes"] == ["p99_ttft_ms", "p99_tpot_ms"]
+    points = sorted((p["settings"].get("x", 1), p["settings"].get("y", 1)) for p in rec["pareto"])
+    assert points == [(1, 1), (8, 1), (8, 2), (16, 1), (16, 2), (24, 1), (24, 2)]
+    tok = [p["throughput_tok_s"] for p in rec["pareto"]]
+    assert tok == sorted(tok, reverse=True) and rec["pareto"][0]["settings"]["x"] == 24
+    out = tmp_path / "rep"
+    rep = run_cli("report", study.study_name, "--storage", db, "--out", str(out))
+    assert rep.returncode == 0, rep.stderr
+    md = (out / "summary.md").read_text()
+    assert "## Throughput vs latency (Pareto front)" in md and (out / "pareto.png").stat().st_size > 5000
+    assert md.count("| yes |") == 7
+    # Bad input: a format the front has no form in, and a study that measured no latency.
+    bad = run_cli("export", study.study_name, "--storage", db, "--format", "vllm-cli", "--pareto")
+    assert bad.returncode == 2 and "--format" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "plain").mkdir()
+    plain, _ = _tune(tmp_path / "plain", fault_spec(budget={"trials": 2}, repeats=1))
+    none = run_cli("export", plain.study_name, "--storage", f"sqlite:///{tmp_path / 'plain' / 's.db'}", "--pareto")
+    assert none.returncode == 2 and "--pareto" in none.stderr and "no trial with latency metrics" in none.stderr

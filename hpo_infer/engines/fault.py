@@ -42,6 +42,8 @@ class FaultEngine(Engine):
         Setting("noise", "float", 0.0, low=0.0, high=1.0, help="relative noise on each pass"),
         Setting("max_x", "int", 1024, low=1, high=1024, help="x above this is out of memory"),
         Setting("crash_x", "int", 0, low=0, high=1024, help="the worker dies mid-run at this x (0: never)"),
+        Setting("latency", "categorical", "off", choices=("off", "on"),
+                help="on: report p99 TTFT (20 + 3x ms) and TPOT (4 + y ms), a serving engine's trade-off"),
     )
 
     def classify(self, exc: BaseException) -> str:
@@ -107,4 +109,6 @@ class FaultEngine(Engine):
             p["mode"] = "ok"
         result = measure(one_pass, request.repeats, emit, max_warmups=1)
         result["start_s"] = start_s
+        if p["latency"] == "on":  # undeclared in ``metrics``: no SLO on a fake, only the front
+            result["metrics"] = {"p99_ttft_ms": 20.0 + 3.0 * int(p["x"]), "p99_tpot_ms": 4.0 + int(p["y"])}
         return result
