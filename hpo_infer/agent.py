@@ -34,7 +34,7 @@ from hpo_infer.engines import load_engine
 from hpo_infer.notes import NoteCallback
 from hpo_infer.protocol import PHASE, REPEAT, STARTED, Event
 from hpo_infer.runner import COMPLETE, INFEASIBLE_S, STOPPED, TIMEOUT, Outcome, run_worker
-from hpo_infer.study import BASELINE, CONSTRAINT, DUPLICATE_OF, ROLE
+from hpo_infer.study import BASELINE, CONSTRAINT, DUPLICATE_OF, ROLE, meets_constraints
 
 if TYPE_CHECKING:
     from hpo_infer.db.lock import StudyLock
@@ -624,7 +624,7 @@ def _spent(t: optuna.trial.FrozenTrial) -> bool:
 
 
 def _feasible(t: optuna.trial.FrozenTrial) -> bool:
-    return t.state == TrialState.COMPLETE and all(v <= 0 for v in t.constraints.values())
+    return t.state == TrialState.COMPLETE and meets_constraints(t)
 
 
 def _best(finished: list[optuna.trial.FrozenTrial]) -> float | None:

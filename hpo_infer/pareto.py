@@ -13,20 +13,24 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo_infer.study import DUPLICATE_OF
+from hpo_infer.study import DUPLICATE_OF, meets_constraints
 
 DEFAULT_AXES = ("p99_ttft_ms", "p99_tpot_ms")
 
 
+def targets(study: optuna.Study) -> dict[str, float]:
+    """The study's SLO targets, as its stored spec names them (empty: none)."""
+    return ((study.user_attrs.get("spec") or {}).get("objective") or {}).get("slo") or {}
+
+
 def axes(study: optuna.Study) -> list[str]:
     """The latencies to trade against throughput: the study's SLO targets, else p99 TTFT and TPOT."""
-    slo = ((study.user_attrs.get("spec") or {}).get("objective") or {}).get("slo") or {}
-    names = [k for k in slo if k.endswith("_ms")] or list(DEFAULT_AXES)
+    names = [k for k in targets(study) if k.endswith("_ms")] or list(DEFAULT_AXES)
     # TTFT first: it is the one a plot shows, and the one queueing moves most.
     return sorted(names, key=lambda n: (DEFAULT_AXES.index(n) if n in DEFAULT_AXES else len(DEFAULT_AXES), n))
 
 
-def _points(study: optuna.Study, names: list[str]) -> list[optuna.trial.FrozenTrial]:
+def points(study: optuna.Study, names: list[str]) -> list[optuna.trial.FrozenTrial]:
     """Trials that measured a throughput and every latency (a point measured twice counts once)."""
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -39,11 +43,11 @@ def _points(study: optuna.Study, names: list[str]) -> list[optuna.trial.FrozenTr
 def front(study: optuna.Study, names: list[str] | None = None) -> list[optuna.trial.FrozenTrial]:
     """Non-dominated trials (more tokens/s, less of every latency), most tokens/s first.
 
-    SLO-missing trials take part: the front shows the trade-off, and :func:`meets` says which
-    points the targets allow.
+    SLO-missing trials take part: the front shows the trade-off, and
+    :func:`~hpo_infer.study.meets_constraints` says which points the targets allow.
     """
     names = names or axes(study)
-    pts = _points(study, names)
+    pts = points(study, names)
 
     def key(t: optuna.trial.FrozenTrial) -> tuple[float, ...]:  # every component: higher is better
         m = t.user_attrs["metrics"]
@@ -58,14 +62,9 @@ def front(study: optuna.Study, names: list[str] | None = None) -> list[optuna.tr
     return sorted((t for t in pts if not dominated(t)), key=lambda t: -float(t.value))  # type: ignore[arg-type]
 
 
-def meets(t: optuna.trial.FrozenTrial) -> bool:
-    """Whether the trial met its study's targets (and was feasible)."""
-    return all(v <= 0 for v in t.constraints.values())
-
-
 def record(t: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:
     """One front point as export writes it."""
     m = t.user_attrs["metrics"]
     return {"trial": t.number, "settings": t.user_attrs.get("settings", t.params), "throughput_tok_s": t.value,
-            "latency_ms": {n: m[n] for n in names}, "meets_targets": meets(t),
+            "latency_ms": {n: m[n] for n in names}, "meets_targets": meets_constraints(t),
             **({"goodput_request_rate": m["goodput_request_rate"]} if "goodput_request_rate" in m else {})}

@@ -114,19 +114,20 @@ def plot_history(study: optuna.Study, path: Path) -> Path | None:
 
 
 def plot_pareto(study: optuna.Study, path: Path) -> Path | None:
-    """Serving studies: tokens/s against the first latency axis, the Pareto front as a line."""
+    """Serving studies: tokens/s against the first latency axis, the Pareto front ringed."""
     from hpo_infer import pareto
+    from hpo_infer.study import meets_constraints
 
     names = pareto.axes(study)
-    pts = pareto._points(study, names)
+    pts = pareto.points(study, names)
     best = pareto.front(study, names)
     if not best:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     lat = lambda t: t.user_attrs["metrics"][names[0]]  # noqa: E731
-    ok = [t for t in pts if pareto.meets(t)]
-    miss = [t for t in pts if not pareto.meets(t)]
+    ok = [t for t in pts if meets_constraints(t)]
+    miss = [t for t in pts if not meets_constraints(t)]
     ax.scatter([lat(t) for t in ok], [t.value for t in ok], s=24, label="trial (meets targets)")
     if miss:
         ax.scatter([lat(t) for t in miss], [t.value for t in miss], s=24, marker="x", color="tab:red", label="trial (misses targets)")
@@ -135,7 +136,7 @@ def plot_pareto(study: optuna.Study, path: Path) -> Path | None:
                label=f"Pareto front ({', '.join(names)})")
     for t in best:
         ax.annotate(str(t.number), (lat(t), t.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    slo = ((study.user_attrs.get("spec") or {}).get("objective") or {}).get("slo") or {}
+    slo = pareto.targets(study)
     if names[0] in slo:
         ax.axvline(slo[names[0]], color="black", ls="--", lw=1, label=f"target {names[0]} {slo[names[0]]:g}")
     _tokens_axes(ax, f"{names[0]} (ms)", "throughput vs latency")
@@ -220,6 +221,7 @@ def summary_markdown(study: optuna.Study, plots: dict[str, Path | None]) -> str:
 
 def _pareto_section(study: optuna.Study) -> list[str]:
     from hpo_infer import pareto
+    from hpo_infer.study import meets_constraints
 
     names = pareto.axes(study)
     best = pareto.front(study, names)
@@ -232,7 +234,7 @@ def _pareto_section(study: optuna.Study) -> list[str]:
     for t in best:
         m = t.user_attrs["metrics"]
         out.append(f"| {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` | {t.value:,.1f} | "
-                   + " | ".join(f"{m[n]:,.1f}" for n in names) + f" | {'yes' if pareto.meets(t) else 'no'} |")
+                   + " | ".join(f"{m[n]:,.1f}" for n in names) + f" | {'yes' if meets_constraints(t) else 'no'} |")
     return out
 
 

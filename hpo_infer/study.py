@@ -130,9 +130,14 @@ def create_or_load(spec: "StudySpec", storage: Any, name: str, gpu: "GPUInfo") -
     return study
 
 
+def meets_constraints(t: optuna.trial.FrozenTrial) -> bool:
+    """Feasible and within every SLO target: no Optuna constraint above 0."""
+    return all(v <= 0 for v in t.constraints.values())
+
+
 def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return [t for t in done if all(v <= 0 for v in t.constraints.values())]
+    return [t for t in done if meets_constraints(t)]
 
 
 def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:

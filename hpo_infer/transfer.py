@@ -55,7 +55,9 @@ class Gain:
 def _feasible(t: "optuna.trial.FrozenTrial") -> bool:
     from optuna.trial import TrialState
 
-    return t.state == TrialState.COMPLETE and t.value is not None and t.value > 0 and all(v <= 0 for v in t.constraints.values())
+    from hpo_infer.study import meets_constraints
+
+    return t.state == TrialState.COMPLETE and t.value is not None and t.value > 0 and meets_constraints(t)
 
 
 def gains(trials: Sequence["optuna.trial.FrozenTrial"]) -> Gain:
