@@ -50,7 +50,7 @@ def spec(trials: int, start_s: float, pass_s: float, repeats: int) -> dict[str, 
 def run_one(url: str, agents: int, trials: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import optuna
 
-    from hpo_infer.storage import normalise
+    from hpo_infer.storage_url import normalise
 
     path = work / f"spec-{agents}.yaml"
     path.write_text(yaml.safe_dump(spec(trials, args.start_s, args.pass_s, args.repeats), sort_keys=False))

@@ -60,8 +60,9 @@ def source_study(data: Path, key: tuple[str, str, str]):
     import optuna
 
     from hpo_infer.hardware import GPUInfo
-    from hpo_infer.importgrid import grid_trials
-    from hpo_infer.study import create_or_load, study_name
+    from hpo_infer.agent.import_grid import grid_trials
+    from hpo_infer.study.create import create_or_load
+    from hpo_infer.study.naming import study_name
 
     spec = replay_spec(data, key)
     storage = optuna.storages.InMemoryStorage()
@@ -74,7 +75,7 @@ def exhaustive(source, target_spec) -> tuple[float | None, float | None]:
     """The paper's figure: the new GPU's optimum over the old best's value on it (falling back
     down the old GPU's whole ranking until a config runs on the new one); and that optimum."""
     from hpo_infer import recorded
-    from hpo_infer import space as sp
+    from hpo_infer.spec import space as sp
     from paper_replay import value_of
 
     new = {tuple(sorted(pt.items())): value_of({**target_spec.fixed, **pt}) for pt in sp.grid(target_spec.space())}
@@ -89,7 +90,8 @@ def exhaustive(source, target_spec) -> tuple[float | None, float | None]:
 
 def run_one(job: tuple[str, str, str, str, int, int, str | None]) -> dict[str, Any]:
     data, engine, model, direction, seed, carry, sampler = job
-    from hpo_infer.transfer import carry_plan, enqueue_carried, enqueue_transfer, fallback, gains, target_spec
+    from hpo_infer.agent.transfer import carry_plan, enqueue_carried, enqueue_transfer, fallback, target_spec
+    from hpo_infer.study.gains import gains
 
     old, new = DIRECTIONS[direction]
     src = source_study(Path(data), (old, engine, model))
@@ -190,7 +192,7 @@ def print_table(rows: list[dict[str, Any]], n: int, wall: float, a: argparse.Nam
     from rich.console import Console
     from rich.table import Table
 
-    from hpo_infer.study import sampler_name
+    from hpo_infer.study.samplers import sampler_name
 
     sampler = a.sampler or f"default ({sampler_name(replay_spec(data, landscapes(data)[0]))})"
     t = Table(title=f"Re-tuning after a GPU change: gain over the carried-over config, mean (median) across models; sampler {sampler}, {a.seeds} seeds")

@@ -20,11 +20,13 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo_infer import recorded
-from hpo_infer import space as sp
-from hpo_infer.agent import MAX_RETRIES, enqueue_baseline, enqueue_grid
+from hpo_infer.spec import space as sp
+from hpo_infer.agent.outcome import mark_feasible, mark_infeasible, retry
+from hpo_infer.agent.packs import suggest
+from hpo_infer.agent.seeding import enqueue_baseline, enqueue_grid
 from hpo_infer.engines.replay import PAPER_BATCH_SIZES, PAPER_NUM_GPUS, ReplayEngine
 from hpo_infer.spec import StudySpec, from_dict
-from hpo_infer.study import BASELINE, CONSTRAINT, ROLE, make_sampler
+from hpo_infer.study.samplers import make_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "paper-landscapes.csv"
@@ -112,33 +114,23 @@ def search(spec: StudySpec, max_trials: int, stop: Callable[[float], bool] | Non
     (prepare or (lambda s: enqueue_baseline(s, spec)))(study)
     if spec.sampler.name == "grid":
         enqueue_grid(study, spec)
-    space = spec.space()
     out = Search(study=study)
     while len(out.values) < max_trials:
         if spec.sampler.name == "grid" and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             break
         trial = study.ask()
-        if trial.user_attrs.get(ROLE) == BASELINE:
-            names = trial.user_attrs.get("baseline_params", [])
-            params = sp.suggest(trial, {n: space[n].model_copy(update={"when": None}) for n in names})
-            settings = dict(spec.fixed)  # the engine's defaults decide the rest
-        else:
-            params = sp.suggest(trial, space)
-            settings = {**spec.fixed, **params}
+        params, settings = suggest(trial, spec)  # the agent's own: baseline params, fixed settings
         res = value_of(settings)
         if res.status == recorded.FEASIBLE:
-            trial.set_constraint(CONSTRAINT, 0.0)
+            mark_feasible(trial, spec, {})
             study.tell(trial, float(res.value))  # type: ignore[arg-type]
             out.values.append(float(res.value))  # type: ignore[arg-type]
         elif res.status == recorded.FAILED:
             study.tell(trial, state=TrialState.FAIL)
             out.values.append(0.0)
-            if int(trial.user_attrs.get("retries", 0)) < MAX_RETRIES:
-                attrs = {k: v for k, v in trial.user_attrs.items() if k in (ROLE, "baseline_params")}
-                study.enqueue_trial(params, user_attrs={**attrs, "retries": 1})
+            retry(study, trial, params, stopping=False)
         else:
-            trial.set_constraint(CONSTRAINT, 1.0)
-            study.tell(trial, 0.0)
+            study.tell(trial, mark_infeasible(trial, spec))
             out.values.append(0.0)
         if after is not None:
             after(study)

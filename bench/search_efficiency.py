@@ -156,7 +156,7 @@ def by_group(results: list[dict[str, Any]], sampler: str, space: str) -> list[tu
 
 def default_sampler(data: Path) -> tuple[str, str]:
     """What a spec without a ``sampler`` key gets on this space, as the product resolves it."""
-    from hpo_infer.study import sampler_name
+    from hpo_infer.study.samplers import sampler_name
 
     spec = replay_spec(data, landscapes(data)[0])
     return spec.sampler.name, sampler_name(spec)

@@ -1,30 +1,32 @@
-"""Errors the CLI turns into one line and exit code 2 (bad input) or 1 (runtime)."""
+"""The errors a user can cause or meet, as plain exceptions. The CLI turns each into one line
+on stderr and an exit code (:data:`hpo_infer.cli.EXIT`); the library never exits or prints."""
 
 from __future__ import annotations
 
-import click
+
+class HpoInferError(Exception):
+    """Base of every error hpo-infer reports as one line, without a traceback."""
 
 
-class InputError(click.ClickException):
-    """Bad input: a spec, flag or file that cannot be used. One line, exit code 2, nothing written.
+class InputError(HpoInferError):
+    """Bad input: a spec, flag or file that cannot be used. Nothing was written or measured.
 
     The message names where the problem is (``file: key: problem``) so the user can fix it
     without reading a traceback.
     """
 
-    exit_code = 2
-
     def __init__(self, where: str, problem: str) -> None:
         super().__init__(f"{where}: {problem}" if where else problem)
-
-    def show(self, file=None) -> None:  # noqa: D102 - one line, no "Error:" decoration twice
-        click.echo(f"hpo-infer: error: {self.format_message()}", err=True)
+        self.where, self.problem = where, problem
 
 
-class StorageError(click.ClickException):
+class StorageError(HpoInferError):
     """The study storage cannot be reached or used (after retries)."""
 
-    exit_code = 1
 
-    def show(self, file=None) -> None:  # noqa: D102
-        click.echo(f"hpo-infer: storage error: {self.format_message()}", err=True)
+class AgentError(HpoInferError):
+    """An agent broke for a reason that is neither bad input nor the storage."""
+
+
+class EngineError(HpoInferError):
+    """The installed engine cannot be asked (its check timed out or broke)."""

@@ -27,6 +27,12 @@ class GPUInfo:
         short = re.sub(r"[^A-Za-z0-9.]+", "-", short).strip("-") or "gpu"
         return f"{short}x{self.count}"
 
+    @classmethod
+    def from_label(cls, label: str) -> "GPUInfo | None":
+        """``H100-80GB-HBM3x1`` -> the GPU whose study-name label it is (studies measured on another host)."""
+        m = re.fullmatch(r"(.+)x(\d+)", label.strip())
+        return cls(m.group(1), int(m.group(2))) if m else None
+
 
 def _visible_indices(total: int) -> list[int]:
     vis = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -242,14 +242,3 @@ def resolve(rows: list[Row], oom_partial: str = "infeasible", value_column: str 
     if any(r.status in FAILED_STATUSES for r in rows):
         return Resolved(FAILED, rows=rows, reason=f"recorded run was {rows[0].status} (line {lines})")
     return Resolved(FAILED, rows=rows, reason=f"recorded status ok without a throughput > 0 (line {lines})")
-
-
-def landscape(table: Table, filters: dict[str, Any], settings: list[str], oom_partial: str = "infeasible") -> dict[tuple[Any, ...], Resolved]:
-    """Every recorded configuration of ``settings`` among the rows matching ``filters``."""
-    groups: dict[tuple[Any, ...], list[Row]] = {}
-    keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-    for r in table.select(filters):
-        k = tuple(r.key(s) for s in settings)
-        groups.setdefault(k, []).append(r)
-        keys.setdefault(k, tuple(r.cells.get(s) for s in settings))
-    return {keys[k]: resolve(rows, oom_partial, table.value_column) for k, rows in groups.items()}

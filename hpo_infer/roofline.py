@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from hpo_infer.models import params_per_token
+from hpo_infer.model_source import params_per_token
 
 
 @dataclass(frozen=True)

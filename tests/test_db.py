@@ -70,7 +70,7 @@ def test_models_match_the_migrations_and_autogenerate_ignores_optunas_tables(tmp
     from sqlalchemy import create_engine
 
     from hpo_infer.db import schema
-    from hpo_infer.db.models import VERSION_TABLE, Base, include_object
+    from hpo_infer.db.tables import VERSION_TABLE, Base, include_object
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     schema.upgrade(url)
@@ -142,7 +142,7 @@ def test_call_with_retry_backs_off_on_lost_connections_only(caplog: pytest.LogCa
 
 def test_measurement_rows_cover_every_repeat_and_window() -> None:
     from hpo_infer.db.record import rows
-    from hpo_infer.runner import ConfigResult, Outcome
+    from hpo_infer.trial.runner import ConfigResult, Outcome
 
     win = [{"tokens": 10, "seconds": 0.5}, {"tokens": 30, "seconds": 0.5}]
     reps = [{"repeat": i, "tokens": 40, "seconds": 1.0, "tok_s": 40.0, "windows": win} for i in range(3)]
@@ -157,7 +157,7 @@ def test_measurement_rows_cover_every_repeat_and_window() -> None:
 
 
 def test_gpu_groups() -> None:
-    from hpo_infer.fleet import gpu_groups
+    from hpo_infer.agent.fleet import gpu_groups
 
     assert gpu_groups([0, 1, 2, 3], 1, None, 4, [0, 1, 2, 3]) == [[0], [1], [2], [3]]
     assert gpu_groups([0, 1, 2, 3], 2, None, 4, None) == [[0, 1], [2, 3]]
@@ -287,7 +287,7 @@ def test_each_agent_pins_its_trials_to_its_gpus(tmp_path: Path) -> None:
     while proc.poll() is None and time.monotonic() < deadline:
         try:
             for p in psutil.Process(proc.pid).children(recursive=True):
-                if "hpo_infer.worker" in " ".join(p.cmdline()):
+                if "hpo_infer.trial.process" in " ".join(p.cmdline()):
                     seen.add(p.environ().get("CUDA_VISIBLE_DEVICES", "unset"))
         except psutil.Error:
             pass

@@ -3,11 +3,11 @@ counts as the first repeat; an explicit warm-up pass runs once."""
 
 from __future__ import annotations
 
-from hpo_infer.measure import measure
+from hpo_infer.measurement.timing import measure
 
 
 def _run(rates, repeats, **kw):
-    import hpo_infer.measure as m
+    import hpo_infer.measurement.timing as m
 
     seq = iter(rates)
     calls = {"n": 0}
@@ -53,7 +53,7 @@ def test_explicit_warmup_pass_runs_once() -> None:
 def test_verdict_reads_noise_as_multiplicative() -> None:
     """Seen in CI under load: every repeat of the best beat every baseline repeat by 4x or
     more, yet a t-test on raw rates called it a tie (p=0.13) because of one fast repeat."""
-    from hpo_infer.finalize import verdict
+    from hpo_infer.study.verdict import verdict
 
     v = verdict([1685.6, 530.6, 775.9], [103.3, 125.6, 117.4])
     assert v["significant"] and v["gain_pct"] > 500

@@ -49,7 +49,7 @@ def start_worker(spec: Path, url: str, *args: str, tag: str, env: dict[str, str]
 
 
 def load(url: str) -> optuna.Study:
-    from hpo_infer.storage import normalise
+    from hpo_infer.storage_url import normalise
 
     storage = optuna.storages.RDBStorage(normalise(url), skip_table_creation=True)
     (name,) = optuna.get_all_study_names(storage)
@@ -62,7 +62,7 @@ def point(t: optuna.trial.FrozenTrial) -> tuple:
 
 def assert_grid_once(study: optuna.Study, spec: dict[str, Any]) -> None:
     """Every grid point measured exactly once (one COMPLETE or PRUNED trial), nothing left over."""
-    from hpo_infer import space as sp
+    from hpo_infer.spec import space as sp
     from hpo_infer.spec import from_dict
 
     trials = study.get_trials(deepcopy=False)
@@ -81,7 +81,7 @@ def db_text(url: str) -> str:
     """Every row of every table in the database, as text (to look for a leaked password)."""
     import psycopg
 
-    from hpo_infer.storage import normalise
+    from hpo_infer.storage_url import normalise
 
     with psycopg.connect(normalise(url).replace("postgresql+psycopg", "postgresql")) as conn:
         tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
@@ -149,7 +149,7 @@ def test_four_agents_on_one_grid_study_each_point_once_and_outcomes_as_designed(
     # our tables: every repeat and window of every launched trial, with its environment
     from sqlalchemy import create_engine, text
 
-    from hpo_infer.storage import normalise
+    from hpo_infer.storage_url import normalise
 
     eng = create_engine(normalise(pg_url))
     with eng.connect() as c:
@@ -235,7 +235,7 @@ def test_postgres_restart_mid_study_agents_carry_on_and_no_finished_trial_is_los
     assert len(finished) == budget, collections.Counter(t.state for t in trials.values())
     from sqlalchemy import create_engine, text
 
-    from hpo_infer.storage import normalise
+    from hpo_infer.storage_url import normalise
 
     eng = create_engine(normalise(pg_url))
     with eng.connect() as c:

@@ -33,7 +33,7 @@ def _trial_tree(agent: psutil.Process, timeout: float = 90) -> tuple[psutil.Proc
     while time.monotonic() < deadline:
         try:
             for p in agent.children(recursive=True):
-                if "hpo_infer.worker" in " ".join(p.cmdline()):
+                if "hpo_infer.trial.process" in " ".join(p.cmdline()):
                     kids = [k for k in p.children(recursive=True) if "time.sleep(600)" in " ".join(k.cmdline())]
                     if kids:
                         return p, kids[0]
@@ -108,7 +108,7 @@ def test_sigterm_stops_every_agent_cleanly_exit_0_and_the_interrupted_trials_run
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # both agents inside a trial
-            trees = [c for c in psutil.Process(parent.pid).children() if any("hpo_infer.worker" in " ".join(g.cmdline()) for g in c.children())]
+            trees = [c for c in psutil.Process(parent.pid).children() if any("hpo_infer.trial.process" in " ".join(g.cmdline()) for g in c.children())]
             if len(trees) == 2:
                 break
             time.sleep(0.05)
@@ -148,7 +148,7 @@ def test_a_trial_failed_under_a_live_agent_is_let_go_and_the_agent_carries_on(tm
     as stale (and queues its retry) while we still run it. We end our worker and go on."""
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    from hpo_infer.storage import normalise
+    from hpo_infer.storage_url import normalise
 
     spec = grid_spec(
         search_space={"x": {"type": "int", "low": 20, "high": 22, "step": 2}, "y": {"type": "int", "low": 1, "high": 2}},

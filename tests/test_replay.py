@@ -15,7 +15,7 @@ import pytest
 
 from conftest import run_cli, write_spec
 from hpo_infer.engines.replay import ReplayEngine, ReplayFailed, ReplayInfeasible
-from hpo_infer.protocol import TrialRequest
+from hpo_infer.measurement.protocol import TrialRequest
 
 HEADER = ["gpu", "engine", "model", "num_gpus", "batch_size", "max_new_tokens", "throughput_tok_s", "status", "source_row"]
 ROWS = [

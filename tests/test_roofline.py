@@ -7,7 +7,7 @@ import json
 import pytest
 
 from hpo_infer import roofline
-from hpo_infer.models import PRESETS
+from hpo_infer.model_source import PRESETS
 from conftest import SHARED_DATA
 
 LLAMA_8B = SHARED_DATA / "model-configs" / "llama-3.1-8b.json"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from conftest import fault_spec, run_cli, write_spec
-from hpo_infer import space as sp
+from hpo_infer.spec import space as sp
 from hpo_infer.spec import Param
 
 
@@ -173,7 +173,7 @@ def test_resuming_a_seeded_study_does_not_repeat_its_start_up_points(tmp_path: P
 
 
 def test_a_significant_loss_is_not_called_a_tie() -> None:
-    from hpo_infer.finalize import describe
+    from hpo_infer.study.verdict import describe
 
     v = {"best_vs_baseline": {"gain_pct": -55.6, "p_value": 0.004, "significant": True}}
     assert "worse than the engine defaults" in describe(v) and "tie" not in describe(v)
@@ -182,7 +182,7 @@ def test_a_significant_loss_is_not_called_a_tie() -> None:
 def test_a_re_proposed_point_is_not_measured_again_and_a_measured_space_ends_the_study(tmp_path: Path) -> None:
     """TPE re-proposes points of a 4-point space; each is measured once, its repeats are told the
     first result, rankings hold each point once, and the study ends when all 4 are measured."""
-    from hpo_infer.study import ranked
+    from hpo_infer.study.trials import ranked
 
     spec = fault_spec(
         sampler={"name": "tpe", "seed": 0}, budget={"trials": 40}, repeats=1,

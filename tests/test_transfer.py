@@ -17,7 +17,9 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from conftest import run_cli, write_spec
-from hpo_infer.transfer import RANK, carry_plan, gains
+from hpo_infer.agent.transfer import carry_plan
+from hpo_infer.study.gains import gains
+from hpo_infer.study.trials import RANK
 from test_replay import replay_spec, write_table
 
 SRC = "replay:m:Ax2:syn-i8-o5-n8"

@@ -141,8 +141,8 @@ class _FakeLLM:
 
 
 def test_prompts_are_token_ids_for_synthetic_models(tmp_path: Path) -> None:
-    from hpo_infer import models
-    from hpo_infer.protocol import TrialRequest
+    from hpo_infer import model_source as models
+    from hpo_infer.measurement.protocol import TrialRequest
 
     model = {"synthetic": "tiny-llama"}
     path = models.materialize(model)

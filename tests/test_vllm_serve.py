@@ -203,7 +203,7 @@ def test_real_goodput_trial_on_cpu(tmp_path: Path) -> None:
 
 def test_export_names_the_goodput_bracket() -> None:
     """The exported comment says where the targets were missed: how far a re-run could move the answer."""
-    from hpo_infer.export import _comment
+    from hpo_infer.reporting.export import _comment
 
     rec = {"study": "s", "throughput_tok_s": 6000.0, "baseline_tok_s": 4500.0, "verdict": "v", "model_spec": {},
            "serving": {"slo": {"p99_ttft_ms": 250}, "goodput_request_rate": 59.05, "goodput_missed_request_rate": 78.74}}

@@ -18,7 +18,7 @@ from typing import Any
 
 from hpo_infer.db.retry import call_with_retry
 from hpo_infer.errors import StorageError
-from hpo_infer.storage import normalise
+from hpo_infer.storage_url import normalise
 
 WAIT_S = 1800.0  # long: the agent seeding a large grid holds the lock while it enqueues
 

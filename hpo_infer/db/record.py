@@ -12,12 +12,13 @@ import json
 import socket
 from typing import TYPE_CHECKING, Any, Iterator
 
-from hpo_infer.db.models import Environment, Export, Measurement
+from hpo_infer.db.tables import Environment, Export, Measurement
 from hpo_infer.db.retry import call_with_retry
-from hpo_infer.storage import engine_kwargs, mask, normalise
+from hpo_infer.db.storage import engine_kwargs
+from hpo_infer.storage_url import mask, normalise
 
 if TYPE_CHECKING:
-    from hpo_infer.runner import Outcome
+    from hpo_infer.trial.runner import Outcome
 
 ENV_COLUMNS = ("host", "gpu_name", "gpu_count", "gpu_driver", "gpu_memory_bytes", "cuda", "torch", "engine", "engine_version", "python", "platform")
 
@@ -130,7 +131,7 @@ class Recorder:
 def record_export(study: Any, record: dict[str, Any], fmt: str, destination: str | None) -> str | None:
     """The ``export`` command's hook: one row in hpo_infer_export; returns a warning or None."""
     from hpo_infer.db import schema
-    from hpo_infer.storage import url_of
+    from hpo_infer.study.optuna_api import url_of
 
     url = url_of(study)
     if url is None:

@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 
-from hpo_infer.storage import mask
+from hpo_infer.storage_url import mask
 
 log = logging.getLogger("hpo_infer.storage")
 T = TypeVar("T")

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpo_infer.db.models import TABLES, VERSION_TABLE
-from hpo_infer.storage import engine_kwargs, mask, normalise
+from hpo_infer.db.tables import TABLES, VERSION_TABLE
+from hpo_infer.db.storage import engine_kwargs
+from hpo_infer.storage_url import mask, normalise
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -44,12 +45,13 @@ def _our_config(connection: Any = None) -> Any:
 
 
 def _optuna_script() -> Any:
-    import optuna.storages._rdb.storage as rdb
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
+    from hpo_infer.study.optuna_api import alembic_dir
+
     cfg = Config()
-    cfg.set_main_option("script_location", os.path.join(os.path.dirname(rdb.__file__), "alembic"))
+    cfg.set_main_option("script_location", alembic_dir())
     return ScriptDirectory.from_config(cfg)
 
 

@@ -1,6 +1,14 @@
 """The engine protocol: one table of settings per engine, and a lifecycle split by process.
 
-Lifecycle, and in which process each part runs:
+Every hook the rest of hpo-infer calls is declared on :class:`Engine` with a default, so an
+engine is read in one file. Lifecycle, and in which process each part runs:
+
+* ``prepare_spec(spec, base_dir)``: at spec load, in the CLI process. Checks (and may complete)
+  what the engine reads from the spec, e.g. replay's recorded table. Returns ``(key, problem)``.
+* ``preflight(spec)``: in the CLI process, once before a study starts (``start_study``). Refuses
+  settings the *installed* engine rejects (vLLM: its own argument parser, in a child process).
+* ``recorded_gpu(spec)``: in the CLI process, when naming a study. An engine that replays
+  measurements names the GPU they were taken on; None means this host's GPU.
 
 * ``settings`` (class attribute): the single source of truth for every setting an engine
   exposes — name, type, allowed values, the engine's own default, and the flag it exports as.
@@ -11,7 +19,7 @@ Lifecycle, and in which process each part runs:
 * ``run(request, emit)``: only inside the isolated worker process. This is the one place that
   may import the engine (torch, transformers, vllm). It emits progress events through ``emit``
   (``started`` once the engine is up, with its start time and resolved defaults), and returns
-  the measurement (see :func:`hpo_infer.measure.measure`); it raises on error. An engine with
+  the measurement (see :func:`hpo_infer.measurement.timing.measure`); it raises on error. An engine with
   ``client_side`` settings may keep its started engine for the worker's next config when
   :meth:`Engine.reuse_key` is equal (a grid over batch sizes starts the engine once);
   ``close()`` ends it.
@@ -26,15 +34,21 @@ import abc
 import importlib.metadata
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from hpo_infer.measurement.protocol import Emit
 
 if TYPE_CHECKING:
-    from hpo_infer.protocol import TrialRequest
+    from pathlib import Path
+
+    from hpo_infer.hardware import GPUInfo
+    from hpo_infer.measurement.protocol import TrialRequest
+    from hpo_infer.measurement.result import EngineResult
+    from hpo_infer.spec import StudySpec
 
 AUTO = "engine-resolved"
 """A default the engine resolves itself at start-up (e.g. vLLM's ``max_num_seqs`` per GPU)."""
 
-Emit = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,14 @@ class Engine(abc.ABC):
     # Settings applied per generate call, not at engine start (batch_size...): configs that differ
     # only in these can share one started engine (see :meth:`reuse_key`). Empty: no sharing.
     client_side: ClassVar[tuple[str, ...]] = ()
+    # The objective ``goodput``: the worker searches the request rate for the highest that meets
+    # the SLO targets (a serving engine). False: the spec may not ask for it.
+    rate_search: ClassVar[bool] = False
+    # The export format in which the engine takes the settings as-is (``hpo-infer export
+    # --format``), beside yaml and json; None: yaml and json only.
+    native_export: ClassVar[str | None] = None
+    title: ClassVar[str] = ""  # how messages name the engine's family ("vLLM", "HuggingFace")
+    import_name: ClassVar[str | None] = None  # the module ``doctor`` imports to prove the install works
 
     @classmethod
     def setting(cls, name: str) -> Setting | None:
@@ -118,6 +140,25 @@ class Engine(abc.ABC):
         rest = {k: v for k, v in {**cls.defaults(), **settings}.items() if k not in cls.client_side}
         return json.dumps(rest, sort_keys=True, default=str)
 
+    @classmethod
+    def prepare_spec(cls, spec: "StudySpec", base_dir: "Path | None") -> tuple[str, str] | None:
+        """At spec load (CLI process): ``(key, problem)`` for a spec this engine cannot run, else None."""
+        return None
+
+    @classmethod
+    def preflight(cls, spec: "StudySpec") -> None:
+        """Before a study starts (CLI process): raise InputError for settings the installed engine rejects."""
+
+    @classmethod
+    def recorded_gpu(cls, spec: "StudySpec") -> "GPUInfo | None":
+        """The GPU a study's key names when it is not this host's (replayed measurements); None: the host's."""
+        return None
+
+    @classmethod
+    def export_native(cls, settings: dict[str, Any], model: str) -> str:
+        """The settings in :attr:`native_export`'s form (one ``vllm serve`` line, HF kwargs JSON)."""
+        raise NotImplementedError(f"engine {cls.name!r} has no native export")
+
     def close(self) -> None:
         """End whatever :meth:`run` kept started for the next config (the worker calls it last)."""
 
@@ -126,8 +167,8 @@ class Engine(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
-        """Start the engine with ``request.params``, measure, return the result (worker only)."""
+    def run(self, request: "TrialRequest", emit: Emit) -> "EngineResult":
+        """Start the engine with ``request.params``, measure, return its :class:`EngineResult` (worker only)."""
 
     def classify(self, exc: BaseException) -> str:
         """``"infeasible"`` for a bad config (OOM, rejected), else ``"failed"``."""

@@ -17,11 +17,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hpo_infer.engines.base import Emit, Engine, Setting
-from hpo_infer.measure import measure
-from hpo_infer.protocol import PHASE, STARTED
+from hpo_infer.measurement.protocol import PHASE, STARTED
+from hpo_infer.measurement.result import EngineResult
+from hpo_infer.measurement.timing import measure
 
 if TYPE_CHECKING:
-    from hpo_infer.protocol import TrialRequest
+    from hpo_infer.measurement.protocol import TrialRequest
 
 MODES = ("ok", "crash_start", "crash_mid", "hang", "oom", "garbage", "slow_start", "reject", "spawn_child")
 
@@ -58,7 +59,7 @@ class FaultEngine(Engine):
         fy = 1.0 / (1.0 + (y - 2) ** 2)
         return peak * (0.05 + 0.95 * fx * fy)
 
-    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+    def run(self, request: "TrialRequest", emit: Emit) -> EngineResult:
         p = {**self.defaults(), **request.params}
         mode = p["mode"]
         emit(PHASE, {"phase": "loading"})
@@ -94,12 +95,12 @@ class FaultEngine(Engine):
             if mode == "hang" and calls["n"] >= 2:
                 time.sleep(10**6)
             if mode == "garbage":
-                from hpo_infer import worker
+                from hpo_infer.measurement import protocol
 
                 print("chatter on stdout, which the worker sends to the log")
-                if worker.CHANNEL is not None:  # and garbage on the protocol stream itself
-                    worker.CHANNEL.out.write("garbage {not json\n[1, 2]\n")
-                    worker.CHANNEL.out.flush()
+                if protocol.CHANNEL is not None:  # and garbage on the protocol stream itself
+                    protocol.CHANNEL.out.write("garbage {not json\n[1, 2]\n")
+                    protocol.CHANNEL.out.flush()
             r = rate * (1.0 + rng.uniform(-p["noise"], p["noise"]))
             tokens = max(1, int(r * p["pass_s"]))
             time.sleep(tokens / r)
@@ -108,7 +109,7 @@ class FaultEngine(Engine):
         if mode == "spawn_child":
             p["mode"] = "ok"
         result = measure(one_pass, request.repeats, emit, max_warmups=1)
-        result["start_s"] = start_s
+        result.start_s = start_s
         if p["latency"] == "on":  # undeclared in ``metrics``: no SLO on a fake, only the front
-            result["metrics"] = {"p99_ttft_ms": 20.0 + 3.0 * int(p["x"]), "p99_tpot_ms": 4.0 + int(p["y"])}
+            result.metrics = {"p99_ttft_ms": 20.0 + 3.0 * int(p["x"]), "p99_tpot_ms": 4.0 + int(p["y"])}
         return result

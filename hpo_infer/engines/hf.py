@@ -12,10 +12,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hpo_infer.engines.base import Emit, Engine, Setting
-from hpo_infer.protocol import PHASE, STARTED
+from hpo_infer.measurement.protocol import PHASE, STARTED
 
 if TYPE_CHECKING:
-    from hpo_infer.protocol import TrialRequest
+    from hpo_infer.measurement.protocol import TrialRequest
+    from hpo_infer.measurement.result import EngineResult
 
 _INFEASIBLE_MARKERS = (
     "out of memory",
@@ -31,6 +32,9 @@ _INFEASIBLE_MARKERS = (
 class HFEngine(Engine):
     name = "hf"
     distribution = "transformers"
+    native_export = "hf-kwargs"
+    title = "HuggingFace"
+    import_name = "transformers"
     client_side = ("batch_size", "path", "cache_implementation")  # arguments of each generate call
     _kept: tuple[str, Any, Any] | None = None  # (reuse key, tokenizer, model) left loaded
     settings = (
@@ -66,6 +70,10 @@ class HFEngine(Engine):
         return "failed"
 
     @classmethod
+    def export_native(cls, settings: dict[str, Any], model: str) -> str:
+        return json.dumps(cls.kwargs(settings), indent=2)
+
+    @classmethod
     def kwargs(cls, settings: dict[str, Any]) -> dict[str, Any]:
         """Settings as the keyword arguments transformers takes, grouped by the call they go to."""
         p = {**cls.defaults(), **settings}
@@ -87,7 +95,7 @@ class HFEngine(Engine):
         return out
 
     # ---- worker side -------------------------------------------------------------------
-    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+    def run(self, request: "TrialRequest", emit: Emit) -> "EngineResult":
         """Load (or reuse) the model, then measure. The loaded model is kept for the next config
         of this worker when only client-side settings differ (:meth:`reuse_key`)."""
         import torch
@@ -130,7 +138,7 @@ class HFEngine(Engine):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        from hpo_infer import models
+        from hpo_infer import model_source as models
 
         path = models.resolve(request.model)
         tok = AutoTokenizer.from_pretrained(path)
@@ -155,11 +163,11 @@ class HFEngine(Engine):
         return tok, model
 
     def _measure(self, request: "TrialRequest", emit: Emit, p: dict[str, Any], tok: Any, model: Any, device: Any, cuda: bool,
-                 start_s: float) -> dict[str, Any]:
+                 start_s: float) -> "EngineResult":
         import torch
 
         from hpo_infer import workload
-        from hpo_infer.measure import measure
+        from hpo_infer.measurement.timing import measure
 
         w = workload.load(request.workload, vocab_size=len(tok))
         texts = [tok.decode(ids) for ids in w.prompts] if w.is_tokens else list(w.prompts)
@@ -210,8 +218,8 @@ class HFEngine(Engine):
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         result = measure(run_pass, request.repeats, emit, warmup_pass=warm)
-        result["start_s"] = start_s
-        result["peak_mem_bytes"] = (
+        result.start_s = start_s
+        result.peak_mem_bytes = (
             int(torch.cuda.max_memory_allocated()) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         )
         return result

@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 from hpo_infer import recorded
 from hpo_infer.engines.base import AUTO, Emit, Engine, Setting
-from hpo_infer.measure import spread
-from hpo_infer.protocol import PHASE, REPEAT, STARTED
+from hpo_infer.measurement.protocol import PHASE, REPEAT, STARTED
+from hpo_infer.measurement.result import EngineResult
+from hpo_infer.measurement.timing import spread
 
 if TYPE_CHECKING:
     from hpo_infer.hardware import GPUInfo
-    from hpo_infer.protocol import TrialRequest
+    from hpo_infer.measurement.protocol import TrialRequest
     from hpo_infer.spec import StudySpec
 
 PAPER_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1028)  # the data says 1028, not 1024
@@ -162,7 +163,7 @@ class ReplayEngine(Engine):
             criteria = _snap(table, criteria)
         return table, criteria, recorded.resolve(table.select(criteria), p["oom_partial"], table.value_column)
 
-    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+    def run(self, request: "TrialRequest", emit: Emit) -> EngineResult:
         p = {**self.defaults(), **request.params}
         emit(PHASE, {"phase": "loading"})
         table, criteria, res = self.lookup(request.params)
@@ -188,14 +189,13 @@ class ReplayEngine(Engine):
             rates.append(rate)
             records.append(rec)
             emit(REPEAT, rec)
-        return {
-            "config": 0,
-            "value": statistics.median(rates),
-            "spread": spread(rates),
-            "repeats": [{k: v for k, v in r.items() if k != "windows"} for r in records],
-            "warmup_s": 0.0,
-            "warmup_tok_s": [],
-        }
+        return EngineResult(
+            config=0,
+            value=statistics.median(rates),
+            spread=spread(rates),
+            repeats=[{k: v for k, v in r.items() if k != "windows"} for r in records],
+            warmup_s=0.0,
+        )
 
     def classify(self, exc: BaseException) -> str:
         return "infeasible" if isinstance(exc, ReplayInfeasible) else "failed"

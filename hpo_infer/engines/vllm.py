@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo_infer.engines.base import AUTO, Emit, Engine, Setting
-from hpo_infer.protocol import PHASE, STARTED
+from hpo_infer.measurement.protocol import PHASE, STARTED
 
 if TYPE_CHECKING:
-    from hpo_infer.protocol import TrialRequest
+    from hpo_infer.measurement.protocol import TrialRequest
+    from hpo_infer.measurement.result import EngineResult
+    from hpo_infer.spec import StudySpec
 
 # Text of a failure that means the configuration cannot work (the sampler should avoid it).
 _INFEASIBLE_MARKERS = (
@@ -47,6 +49,9 @@ class VLLMEngine(Engine):
     name = "vllm"
     distribution = "vllm"
     client_side = ("batch_size",)
+    native_export = "vllm-cli"
+    title = "vLLM"
+    import_name = "vllm"
     _kept: tuple[str, Any, Any] | None = None  # (reuse key, LLM, prompts) of the engine left started
     settings = (
         Setting("max_num_seqs", "int", AUTO, low=1, high=1_000_000, flag="--max-num-seqs",
@@ -100,6 +105,19 @@ class VLLMEngine(Engine):
         return None
 
     @classmethod
+    def preflight(cls, spec: "StudySpec") -> None:
+        """Names and values the installed vLLM's own parser rejects: refused before any trial."""
+        from hpo_infer.engines.vllm_check import preflight
+
+        preflight(spec)
+
+    @classmethod
+    def export_native(cls, settings: dict[str, Any], model: str) -> str:
+        import shlex
+
+        return " ".join(shlex.quote(a) for a in ["vllm", "serve", model, *cls.cli_flags(settings)])
+
+    @classmethod
     def cli_flags(cls, settings: dict[str, Any]) -> list[str]:
         """Settings as ``vllm serve`` flags, in table order; client-side and engine-resolved ones left out."""
         out: list[str] = []
@@ -131,7 +149,7 @@ class VLLMEngine(Engine):
         return "failed"
 
     # ---- worker side ---------------------------------------------------------------------
-    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+    def run(self, request: "TrialRequest", emit: Emit) -> "EngineResult":
         os.environ.setdefault("VLLM_CACHE_ROOT", str(compile_cache_dir()))
         with _StderrTail() as tail:
             try:
@@ -144,14 +162,14 @@ class VLLMEngine(Engine):
                     raise VLLMError(f"{root} (vLLM raised {type(exc).__name__}: {exc})", root) from exc
                 raise
 
-    def _run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+    def _run(self, request: "TrialRequest", emit: Emit) -> "EngineResult":
         """Start (or reuse) the engine, then measure. The started engine is kept for the next
         config of this worker when only client-side settings differ (:meth:`reuse_key`)."""
         import vllm
         from vllm import LLM, SamplingParams
 
-        from hpo_infer import models
-        from hpo_infer.measure import measure
+        from hpo_infer import model_source as models
+        from hpo_infer.measurement.timing import measure
 
         p = dict(request.params)
         emit(PHASE, {"phase": "loading"})
@@ -193,9 +211,9 @@ class VLLMEngine(Engine):
             # Warm-up is the full pass, repeated until two agree: the first full-size generate
             # after start ran 25-30% slow on an H100 (JIT kernels, first-seen shapes).
             result = measure(one_pass, request.repeats, emit)
-            result["start_s"] = start_s
-            result["resolved"] = resolved
-            result["peak_mem_bytes"] = _memory_in_use()
+            result.start_s = start_s
+            result.resolved = resolved
+            result.peak_mem_bytes = _memory_in_use()
             return result
         except BaseException:
             self.close()  # an engine that broke mid-run is not handed to the next config
@@ -218,7 +236,7 @@ class VLLMError(RuntimeError):
 
 def compile_cache_dir() -> Path:
     """One vLLM cache (torch.compile artefacts) for every trial of every study on this host."""
-    from hpo_infer.models import cache_root
+    from hpo_infer.model_source import cache_root
 
     return cache_root() / "vllm"
 

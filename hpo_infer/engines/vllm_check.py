@@ -26,7 +26,6 @@ import sys
 import typing
 from typing import TYPE_CHECKING, Any
 
-from hpo_infer.engines.vllm import VLLMEngine
 from hpo_infer.errors import InputError
 
 if TYPE_CHECKING:
@@ -41,20 +40,23 @@ _FIELD_ALIASES = {"kv_cache_dtype": "cache_dtype"}
 # ---- CLI side ----------------------------------------------------------------------------------
 def probes(spec: "StudySpec") -> list[dict[str, Any]]:
     """One probe per categorical choice, range end and fixed value of every vLLM flag in the spec."""
+    from hpo_infer.engines import engine_class
+
+    engine = engine_class(spec.engine)  # vllm or vllm-serve: one settings table
     out: list[dict[str, Any]] = []
     for name, p in spec.space().items():
-        s = VLLMEngine.setting(name)
+        s = engine.setting(name)
         if s is None or s.flag is None:
             continue
         values = list(p.choices or []) if p.type == "categorical" else [p.low, p.high]
         if p.type == "int":
             values = [int(v) for v in values]
         for v in values:
-            out.append({"key": f"search_space.{name}", "name": name, "value": v, "args": VLLMEngine.cli_flags({name: v})})
+            out.append({"key": f"search_space.{name}", "name": name, "value": v, "args": engine.cli_flags({name: v})})
     for name, v in spec.fixed.items():
-        s = VLLMEngine.setting(name)
+        s = engine.setting(name)
         if s is not None and s.flag is not None:
-            out.append({"key": f"fixed.{name}", "name": name, "value": v, "args": VLLMEngine.cli_flags({name: v})})
+            out.append({"key": f"fixed.{name}", "name": name, "value": v, "args": engine.cli_flags({name: v})})
     return out
 
 
@@ -69,11 +71,13 @@ def preflight(spec: "StudySpec", timeout_s: float = 600) -> None:
     todo = probes(spec)
     if not todo:
         return
-    version = VLLMEngine.version() or "unknown"
+    from hpo_infer.engines import engine_class
+
+    version = engine_class(spec.engine).version() or "unknown"
     key = hashlib.sha256(
         json.dumps([_CHECK_FORMAT, version, sys.executable, todo], sort_keys=True, default=str).encode()
     ).hexdigest()[:20]
-    from hpo_infer.models import cache_root
+    from hpo_infer.model_source import cache_root
 
     cached = cache_root() / "vllm-check" / f"{key}.json"
     if cached.is_file():
@@ -90,7 +94,7 @@ def preflight(spec: "StudySpec", timeout_s: float = 600) -> None:
 
 
 def _run_check(todo: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
-    import click
+    from hpo_infer.errors import EngineError
 
     env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     try:
@@ -99,12 +103,12 @@ def _run_check(todo: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
             capture_output=True, text=True, timeout=timeout_s, env=env,
         )
     except subprocess.TimeoutExpired:
-        raise click.ClickException(f"checking the settings against vLLM took over {timeout_s:g} s") from None
+        raise EngineError(f"checking the settings against vLLM took over {timeout_s:g} s") from None
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         last = next((ln for ln in reversed(proc.stderr.splitlines()) if ln.strip()), f"exit code {proc.returncode}")
-        raise click.ClickException(f"cannot check the settings against the installed vLLM: {last[:300]}") from None
+        raise EngineError(f"cannot check the settings against the installed vLLM: {last[:300]}") from None
 
 
 # ---- child side (imports vllm) -----------------------------------------------------------------

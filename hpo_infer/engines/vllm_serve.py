@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 from hpo_infer.engines.base import AUTO, Emit, Setting
 from hpo_infer.engines.vllm import VLLMEngine, compile_cache_dir
-from hpo_infer.protocol import PHASE, REPEAT, STARTED
+from hpo_infer.measurement.protocol import PHASE, REPEAT, STARTED
 
 if TYPE_CHECKING:
-    from hpo_infer.protocol import TrialRequest
+    from hpo_infer.measurement.protocol import TrialRequest
+    from hpo_infer.measurement.result import EngineResult
     from hpo_infer.spec import StudySpec
 
 _LATENCIES = ("ttft", "tpot", "itl", "e2el")
@@ -68,7 +69,7 @@ class VLLMServeEngine(VLLMEngine):
         return None
 
     # ---- worker side ---------------------------------------------------------------------
-    def run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
+    def run(self, request: "TrialRequest", emit: Emit) -> "EngineResult":
         try:
             importlib.metadata.version("vllm")
         except importlib.metadata.PackageNotFoundError:
@@ -78,10 +79,11 @@ class VLLMServeEngine(VLLMEngine):
             ) from None
         return super().run(request, emit)  # the stderr tail and root-cause wrapping of the offline engine
 
-    def _run(self, request: "TrialRequest", emit: Emit) -> dict[str, Any]:
-        from hpo_infer import models
+    def _run(self, request: "TrialRequest", emit: Emit) -> "EngineResult":
+        from hpo_infer import model_source as models
         from hpo_infer.engines.vllm import _memory_in_use
-        from hpo_infer.measure import spread
+        from hpo_infer.measurement.result import EngineResult
+        from hpo_infer.measurement.timing import spread
 
         p = dict(request.params)
         emit(PHASE, {"phase": "loading"})
@@ -123,16 +125,16 @@ class VLLMServeEngine(VLLMEngine):
                 completed=min(int(x["completed"]) for x in runs),
                 failed=max(int(x.get("failed") or 0) for x in runs),
             )
-            return {
-                "value": statistics.median(rates),
-                "spread": spread(rates),
-                "repeats": [_repeat_record(x, i) for i, x in enumerate(runs)],
-                "metrics": metrics,
-                "start_s": start_s,
-                "resolved": resolved,
-                "peak_mem_bytes": _memory_in_use(),
-                "warmup_s": 0.0,
-            }
+            return EngineResult(
+                value=statistics.median(rates),
+                spread=spread(rates),
+                repeats=[_repeat_record(x, i) for i, x in enumerate(runs)],
+                metrics=metrics,
+                start_s=start_s,
+                resolved=resolved,
+                peak_mem_bytes=_memory_in_use(),
+                warmup_s=0.0,
+            )
         finally:
             _stop(server)
 

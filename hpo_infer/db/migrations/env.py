@@ -16,8 +16,8 @@ import os
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from hpo_infer.db.models import VERSION_TABLE, Base, include_object
-from hpo_infer.storage import normalise
+from hpo_infer.db.tables import VERSION_TABLE, Base, include_object
+from hpo_infer.storage_url import normalise
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,0 +1,106 @@
+"""When an agent takes no more trials. Shared by every agent of a study: all is counted from the
+storage, so two agents (hosts) agree on the budget, patience, a finished grid and a space whose
+every point has been measured."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo_infer.agent.seeding import point_key
+from hpo_infer.spec import space as sp
+from hpo_infer.study import optuna_api
+from hpo_infer.study.trials import BASELINE, ROLE, meets_constraints
+
+if TYPE_CHECKING:
+    from hpo_infer.spec import StudySpec
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WAIT = "wait"  # stop reason meaning: nothing to take now, but trials of other agents still run
+REQUEUED = "requeued"  # trial attr: interrupted (or never reached in its pack) and queued again
+
+
+def spent(t: FrozenTrial) -> bool:
+    """Whether a trial counts against the trial budget: finished, and not an interrupted trial
+    whose copy was queued again (that copy counts when it runs)."""
+    return t.state in FINISHED and not (t.state == TrialState.FAIL and t.user_attrs.get(REQUEUED))
+
+
+def feasible(t: FrozenTrial) -> bool:
+    return t.state == TrialState.COMPLETE and meets_constraints(t)
+
+
+def best_value(finished: list[FrozenTrial]) -> float | None:
+    return max((t.value for t in finished if feasible(t)), default=None)  # type: ignore[type-var]
+
+
+class StopRules:
+    """The spec's stop rules over one study; the one stateful part is a finite space's points."""
+
+    def __init__(self, spec: "StudySpec") -> None:
+        self.spec = spec
+        self._points: set[str] | None = None  # a finite space's points (empty: not finite)
+
+    def live(self, running: list[FrozenTrial]) -> bool:
+        """Whether a running trial may still end (or go stale and be retried): worth waiting for."""
+        from hpo_infer.db.storage import heartbeat_settings
+
+        limit = self.spec.trial_timeout_s + heartbeat_settings()[1] + 60
+        now = time.time()
+        return any(t.datetime_start is None or now - t.datetime_start.timestamp() < limit for t in running)
+
+    def reason(self, study: optuna.Study, interrupted: bool,
+               deadline: float | None) -> tuple[str | None, list[FrozenTrial] | None]:
+        """Why no trial is to be taken (None: take one; WAIT: others still run), and the trials
+        that count against the budget (for the progress display; None when not looked at)."""
+        if interrupted:
+            return "interrupted", None
+        if deadline is not None and time.time() >= deadline:
+            return "wall time", None
+        optuna_api.fail_stale_trials(study)  # a dead agent's trial: failed, queued again
+        trials = study.get_trials(deepcopy=False)
+        finished = [t for t in trials if spent(t)]
+        # Running trials far past their timeout belong to nobody (a run without heartbeats that
+        # died): they neither count against the budget nor are waited for.
+        running = [t for t in trials if t.state == TrialState.RUNNING and self.live([t])]
+        reason = None
+        budget = self.spec.budget.trials
+        if budget is not None and len(finished) + len(running) >= budget:
+            reason = "trial budget"
+        elif self._patience_spent(finished):
+            reason = "patience"
+        elif self.spec.sampler.name == "grid" and not any(t.state == TrialState.WAITING for t in trials):
+            reason = "grid done"
+        elif self._space_measured(trials):
+            reason = "every point measured"
+        if reason is not None and running:
+            return WAIT, finished
+        return reason, finished
+
+    def _space_measured(self, trials: list[FrozenTrial]) -> bool:
+        """A finite space whose every point has a completed trial: further proposals could only
+        repeat a measurement (and would not be measured again), so the search is over."""
+        if self.spec.sampler.name == "grid":
+            return False
+        if self._points is None:
+            space = self.spec.space()
+            try:
+                finite = all(p.type != "float" or p.step for p in space.values())
+                self._points = {point_key(pt) for pt in sp.grid(space)} if finite else set()
+            except ValueError:  # more points than a grid may have
+                self._points = set()
+        if not self._points:
+            return False
+        done = {point_key(t.params) for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(ROLE) != BASELINE}
+        return self._points <= done
+
+    def _patience_spent(self, finished: list[FrozenTrial]) -> bool:
+        pat = self.spec.budget.patience
+        ok = [t for t in finished if feasible(t)]
+        if not pat or not ok:
+            return False
+        best_t = max(ok, key=lambda t: t.value)  # type: ignore[arg-type,return-value]
+        return sum(1 for t in finished if t.number > best_t.number) >= pat

@@ -1,0 +1,70 @@
+"""Throughput vs latency: the measured configurations that no other one beats on both.
+
+A serving study maximises one number (output tokens/s, or goodput under targets), but whoever
+picks a server configuration also weighs its latency. The front is read from what each trial
+already measured (its ``metrics``), so it costs no extra runs; the search itself stays
+single-objective with the SLO targets as constraints, which every sampler supports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo_infer.study.trials import DUPLICATE_OF, meets_constraints
+
+DEFAULT_AXES = ("p99_ttft_ms", "p99_tpot_ms")
+
+
+def targets(study: optuna.Study) -> dict[str, float]:
+    """The study's SLO targets, as its stored spec names them (empty: none)."""
+    return ((study.user_attrs.get("spec") or {}).get("objective") or {}).get("slo") or {}
+
+
+def axes(study: optuna.Study) -> list[str]:
+    """The latencies to trade against throughput: the study's SLO targets, else p99 TTFT and TPOT."""
+    names = [k for k in targets(study) if k.endswith("_ms")] or list(DEFAULT_AXES)
+    # TTFT first: it is the one a plot shows, and the one queueing moves most.
+    return sorted(names, key=lambda n: (DEFAULT_AXES.index(n) if n in DEFAULT_AXES else len(DEFAULT_AXES), n))
+
+
+def points(study: optuna.Study, names: list[str]) -> list[optuna.trial.FrozenTrial]:
+    """Trials that measured a throughput and every latency (a point measured twice counts once)."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        m = t.user_attrs.get("metrics") or {}
+        if DUPLICATE_OF not in t.user_attrs and t.value and all(isinstance(m.get(n), (int, float)) for n in names):
+            out.append(t)
+    return out
+
+
+def front(study: optuna.Study, names: list[str] | None = None) -> list[optuna.trial.FrozenTrial]:
+    """Non-dominated trials (more tokens/s, less of every latency), most tokens/s first.
+
+    SLO-missing trials take part: the front shows the trade-off, and
+    :func:`~hpo_infer.study.trials.meets_constraints` says which points the targets allow.
+    """
+    names = names or axes(study)
+    pts = points(study, names)
+
+    def key(t: optuna.trial.FrozenTrial) -> tuple[float, ...]:  # every component: higher is better
+        m = t.user_attrs["metrics"]
+        return (float(t.value), *(-float(m[n]) for n in names))  # type: ignore[arg-type]
+
+    keys = {t.number: key(t) for t in pts}
+
+    def dominated(t: optuna.trial.FrozenTrial) -> bool:
+        k = keys[t.number]
+        return any(all(a >= b for a, b in zip(keys[o.number], k)) and keys[o.number] != k for o in pts)
+
+    return sorted((t for t in pts if not dominated(t)), key=lambda t: -float(t.value))  # type: ignore[arg-type]
+
+
+def record(t: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:
+    """One front point as export writes it."""
+    m = t.user_attrs["metrics"]
+    return {"trial": t.number, "settings": t.user_attrs.get("settings", t.params), "throughput_tok_s": t.value,
+            "latency_ms": {n: m[n] for n in names}, "meets_targets": meets_constraints(t),
+            **({"goodput_request_rate": m["goodput_request_rate"]} if "goodput_request_rate" in m else {})}

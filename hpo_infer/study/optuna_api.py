@@ -1,0 +1,96 @@
+"""The one module that reaches into Optuna's private API. Everything else asks here.
+
+hpo-infer needs a few things Optuna 5 keeps private: a trial's storage id (to hand a trial to
+another call, to beat for it, to write a dashboard note on a stored trial), the study's storage
+(past its cache, to see what another agent wrote), the parameters an enqueued trial was given
+(the ``fixed_params`` system attribute), Optuna's heartbeat thread (for pack members that
+``optimize`` did not ask for) and the folder of Optuna's own Alembic migrations. The
+``optuna==5.0.0`` pin protects them; an Optuna upgrade is checked here, in one file.
+(:class:`hpo_infer.db.retry.ResilientRDBStorage` also wraps RDBStorage methods by name, two of
+them private: that list is the other place to read on an upgrade.)
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, ContextManager
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+FIXED_PARAMS = "fixed_params"  # system attr: the parameters an enqueued trial was given
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of a trial (not its number within the study)."""
+    return trial._trial_id
+
+
+def storage(study: optuna.Study) -> Any:
+    """The study's storage object (Optuna's cached storage over the RDB one)."""
+    return study._storage
+
+
+def backend(study: optuna.Study) -> Any:
+    """The storage past Optuna's cache: what the database says now (another agent's writes included)."""
+    st = study._storage
+    return getattr(st, "_backend", st)
+
+
+def url_of(study: optuna.Study) -> str | None:
+    """The (normalised) URL of a study's RDB storage, or None for other storages."""
+    return getattr(backend(study), "url", None)
+
+
+def heartbeat_interval(study: optuna.Study) -> float | None:
+    return getattr(backend(study), "heartbeat_interval", None)
+
+
+def enqueued_params(trial: optuna.Trial | FrozenTrial, study: optuna.Study | None = None) -> dict[str, Any] | None:
+    """The parameters a trial was enqueued with (a grid point, the baseline, a retry); None: sampled.
+
+    A live trial's are read from the storage (``study`` needed); a frozen one carries them.
+    """
+    if isinstance(trial, FrozenTrial):
+        return trial.system_attrs.get(FIXED_PARAMS)
+    assert study is not None
+    return study._storage.get_trial_system_attrs(trial._trial_id).get(FIXED_PARAMS)
+
+
+def take_waiting(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial | None:
+    """Move a WAITING trial to RUNNING for this agent (under the study lock); None if another took it."""
+    if study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
+        return optuna.trial.Trial(study, frozen._trial_id)
+    return None
+
+
+def live_trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
+    """A handle on a stored trial, for calls that want a live one (optuna-dashboard's save_note)."""
+    return optuna.Trial(study, frozen._trial_id)
+
+
+def stored(study: optuna.Study, trial: optuna.Trial | FrozenTrial) -> FrozenTrial:
+    """The trial as the database has it now (past the cache)."""
+    return backend(study).get_trial(trial._trial_id)
+
+
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> ContextManager[Any]:
+    """Beat for a trial ``optimize`` did not ask for (a pack member), or other agents take it for dead."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial._trial_id, study._storage)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """A dead agent's trials: failed, and queued again by the storage's stale-trial callback."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def alembic_dir() -> str:
+    """The folder of Optuna's own Alembic migrations (``hpo-infer db`` upgrades its tables too)."""
+    import optuna.storages._rdb.storage as rdb
+
+    return os.path.join(os.path.dirname(rdb.__file__), "alembic")

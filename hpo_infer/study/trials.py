@@ -1,0 +1,55 @@
+"""Our keys on Optuna trials and studies, and the questions every reader asks of a study's
+trials: which are feasible, which is the baseline, how they rank."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+# Keys of our attributes on Optuna trials and studies.
+ROLE = "hpo_infer_role"  # "baseline" | "grid" | "carried_over" | "warm_start"
+BASELINE = "baseline"
+CONSTRAINT = "feasible"  # constraint name: > 0 means infeasible
+# Trial attr: the number of the earlier trial that measured these very settings. Samplers
+# re-propose points of small discrete spaces; the agent tells the earlier result instead of
+# measuring again, so the point has one representative in rankings (the earlier trial).
+DUPLICATE_OF = "duplicate_of"
+VALIDATION = "validation"  # study attr: the re-measured finalists and the verdict
+TRANSFER = "transfer"  # study attr of a transfer study: where it came from, and the gains
+CARRIED = "carried_over"  # role: the source study's best, enqueued right after the baseline
+WARM = "warm_start"  # role: the source's next best configs
+RANK = "carried_rank"  # trial attr: 0 for the source's best, 1, 2, ... for the next
+
+
+def gain_pct(value: float, reference: float) -> float:
+    """How much ``value`` beats ``reference``, in percent (inf against a zero reference)."""
+    return (value - reference) / reference * 100 if reference else float("inf")
+
+
+def meets_constraints(t: optuna.trial.FrozenTrial) -> bool:
+    """Feasible and within every SLO target: no Optuna constraint above 0."""
+    return all(v <= 0 for v in t.constraints.values())
+
+
+def feasible_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [t for t in done if meets_constraints(t)]
+
+
+def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    for t in feasible_trials(study):
+        if t.user_attrs.get(ROLE) == BASELINE:
+            return t
+    return None
+
+
+def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Feasible trials, best first; a re-proposed point counts once (its first measurement)."""
+    points = [t for t in feasible_trials(study) if DUPLICATE_OF not in t.user_attrs]
+    return sorted(points, key=lambda t: t.value or 0.0, reverse=True)
+
+
+def settings_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The engine settings a trial ran with: its params plus the spec's fixed settings."""
+    return {**t.user_attrs.get("fixed", {}), **t.params}
