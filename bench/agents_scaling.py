@@ -57,7 +57,13 @@ def run_one(url: str, agents: int, trials: int, args: argparse.Namespace, work: 
     env = {**os.environ, "HPO_INFER_STORAGE": url}
     subprocess.run([sys.executable, "-m", "hpo_infer", "db", "upgrade"], env=env, check=True, capture_output=True)
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "hpo_infer", "worker", str(path), "--agents", str(agents)], env=env, capture_output=True, text=True, cwd=work)
+    res = subprocess.run(
+        [sys.executable, "-m", "hpo_infer", "worker", str(path), "--agents", str(agents)],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=work,
+    )
     wall = time.monotonic() - t0
     if res.returncode != 0:
         raise SystemExit(f"worker with {agents} agents failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
@@ -75,7 +81,8 @@ def run_one(url: str, agents: int, trials: int, args: argparse.Namespace, work: 
     w1 = min(max(t.datetime_complete for t in ts) for ts in by_agent.values())
     window = (w1 - w0).total_seconds()
     inside = sum(
-        max(0.0, (min(t.datetime_complete, w1) - max(t.datetime_start, w0)).total_seconds()) / max(1e-9, (t.datetime_complete - t.datetime_start).total_seconds())
+        max(0.0, (min(t.datetime_complete, w1) - max(t.datetime_start, w0)).total_seconds())
+        / max(1e-9, (t.datetime_complete - t.datetime_start).total_seconds())
         for t in done
     )
     return {
@@ -98,7 +105,9 @@ def main() -> None:
     ap.add_argument("--start-s", type=float, default=2.0, help="simulated engine start per trial")
     ap.add_argument("--pass-s", type=float, default=0.1, help="seconds per timed pass")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--storage", default="postgres", help="'postgres' (throwaway server), 'sqlite', or an URL of an empty database")
+    ap.add_argument(
+        "--storage", default="postgres", help="'postgres' (throwaway server), 'sqlite', or an URL of an empty database"
+    )
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
     counts = [int(x) for x in args.agents.split(",")]
@@ -129,15 +138,33 @@ def main() -> None:
     from rich.table import Table
 
     base = rows[0]["trials_per_min"] / rows[0]["agents"]
-    table = Table(title=f"agents on one study ({args.storage if args.storage in ('postgres', 'sqlite') else 'given database'}; "
-                  f"trial = {args.start_s:g} s start + {args.repeats + 1} x {args.pass_s:g} s passes + worker process)")
+    table = Table(
+        title=f"agents on one study ({args.storage if args.storage in ('postgres', 'sqlite') else 'given database'}; "
+        f"trial = {args.start_s:g} s start + {args.repeats + 1} x {args.pass_s:g} s passes + worker process)"
+    )
     steady0 = rows[0]["steady_per_min"] / rows[0]["agents"]
-    for col in ("agents", "trials", "span s", "trials/min", "speedup", "steady trials/min", "steady speedup", "end-to-end trials/min"):
+    for col in (
+        "agents",
+        "trials",
+        "span s",
+        "trials/min",
+        "speedup",
+        "steady trials/min",
+        "steady speedup",
+        "end-to-end trials/min",
+    ):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["agents"]), str(r["trials"]), f"{r['span_s']:.1f}", f"{r['trials_per_min']:.1f}",
-                      f"{r['trials_per_min'] / base:.2f}x", f"{r['steady_per_min']:.1f}", f"{r['steady_per_min'] / steady0:.2f}x",
-                      f"{r['end_to_end_per_min']:.1f}")
+        table.add_row(
+            str(r["agents"]),
+            str(r["trials"]),
+            f"{r['span_s']:.1f}",
+            f"{r['trials_per_min']:.1f}",
+            f"{r['trials_per_min'] / base:.2f}x",
+            f"{r['steady_per_min']:.1f}",
+            f"{r['steady_per_min'] / steady0:.2f}x",
+            f"{r['end_to_end_per_min']:.1f}",
+        )
     Console(width=max(120, Console().width)).print(table)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

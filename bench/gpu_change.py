@@ -37,8 +37,13 @@ from paper_replay import DEFAULT_DATA, ROOT, landscapes, replay_spec, search  # 
 BUDGETS = (5, 10, 20, 44)
 DIRECTIONS = {"upgrade": ("V100", "A100"), "downgrade": ("A100", "V100")}
 # arXiv 2408.01050 RQ4, as ../shared/data/README.md recomputes them (mean, median over models)
-PAPER = {("hf", "upgrade"): (28.36, 6.40), ("hf", "upgrade, excl. >=300%"): (9.16, 6.17), ("hf", "downgrade"): (13.67, 5.61),
-         ("vllm", "upgrade"): (3.31, 0.50), ("vllm", "downgrade"): (6.90, 1.04)}
+PAPER = {
+    ("hf", "upgrade"): (28.36, 6.40),
+    ("hf", "upgrade, excl. >=300%"): (9.16, 6.17),
+    ("hf", "downgrade"): (13.67, 5.61),
+    ("vllm", "upgrade"): (3.31, 0.50),
+    ("vllm", "downgrade"): (6.90, 1.04),
+}
 OUTLIER_PCT = 300.0  # the paper's violin plot drops HF-upgrade gains at or above this
 
 
@@ -59,8 +64,8 @@ def source_study(data: Path, key: tuple[str, str, str]):
     """The old GPU's grid as an in-memory study, exactly as ``import-grid`` builds it."""
     import optuna
 
-    from hpo_infer.hardware import GPUInfo
     from hpo_infer.agent.import_grid import grid_trials
+    from hpo_infer.hardware import GPUInfo
     from hpo_infer.study.create import create_or_load
     from hpo_infer.study.naming import study_name
 
@@ -74,15 +79,20 @@ def source_study(data: Path, key: tuple[str, str, str]):
 def exhaustive(source, target_spec) -> tuple[float | None, float | None]:
     """The paper's figure: the new GPU's optimum over the old best's value on it (falling back
     down the old GPU's whole ranking until a config runs on the new one); and that optimum."""
+    from paper_replay import value_of
+
     from hpo_infer import recorded
     from hpo_infer.spec import space as sp
-    from paper_replay import value_of
 
     new = {tuple(sorted(pt.items())): value_of({**target_spec.fixed, **pt}) for pt in sp.grid(target_spec.space())}
     ok = {k: r.value for k, r in new.items() if r.status == recorded.FEASIBLE}
     if not ok:
         return None, None
-    ranked = sorted((t for t in source.trials if t.value and t.constraints.get("feasible", 0) <= 0), key=lambda t: t.value, reverse=True)
+    ranked = sorted(
+        (t for t in source.trials if t.value and t.constraints.get("feasible", 0) <= 0),
+        key=lambda t: t.value,
+        reverse=True,
+    )
     base = next((ok[k] for t in ranked if (k := tuple(sorted(t.params.items()))) in ok), None)
     best = max(ok.values())
     return (None if base is None else (best - base) / base * 100), best
@@ -144,7 +154,9 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ex = {m: rs[0]["exhaustive"] for m, rs in models.items()}
             variants = [(direction, set(models))]
             if engine == "hf" and direction == "upgrade":
-                variants.append((f"{direction}, excl. >=300%", {m for m in models if ex[m] is not None and ex[m] < OUTLIER_PCT}))
+                variants.append(
+                    (f"{direction}, excl. >=300%", {m for m in models if ex[m] is not None and ex[m] < OUTLIER_PCT})
+                )
             for label, keep in variants:
                 row: dict[str, Any] = {"engine": engine, "direction": label, "models": len(keep)}
                 for b in BUDGETS:
@@ -168,7 +180,12 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="?", default=str(DEFAULT_DATA), help="paper-landscapes.csv (default: ../shared/data/ beside the repo)")
+    ap.add_argument(
+        "data",
+        nargs="?",
+        default=str(DEFAULT_DATA),
+        help="paper-landscapes.csv (default: ../shared/data/ beside the repo)",
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--carry", type=int, default=3, help="source configs measured first (transfer's --carry)")
     ap.add_argument("--sampler", help="sampler name (default: the product's default)")
@@ -195,8 +212,19 @@ def print_table(rows: list[dict[str, Any]], n: int, wall: float, a: argparse.Nam
     from hpo_infer.study.samplers import sampler_name
 
     sampler = a.sampler or f"default ({sampler_name(replay_spec(data, landscapes(data)[0]))})"
-    t = Table(title=f"Re-tuning after a GPU change: gain over the carried-over config, mean (median) across models; sampler {sampler}, {a.seeds} seeds")
-    for col in ("engine", "direction", "models", *(f"{b} trials" for b in BUDGETS), "exhaustive (44 pts)", "paper", "optimum found in 44"):
+    t = Table(
+        title=f"Re-tuning after a GPU change: gain over the carried-over config, mean (median) across models"
+        f"; sampler {sampler}, {a.seeds} seeds"
+    )
+    for col in (
+        "engine",
+        "direction",
+        "models",
+        *(f"{b} trials" for b in BUDGETS),
+        "exhaustive (44 pts)",
+        "paper",
+        "optimum found in 44",
+    ):
         t.add_column(col, justify="left" if col in ("engine", "direction") else "right")
     for r in rows:
         cells = []
@@ -204,8 +232,15 @@ def print_table(rows: list[dict[str, Any]], n: int, wall: float, a: argparse.Nam
             v = r[b]
             cells.append("-" if v is None else f"{v[0]:.2f}% ({v[1]:.2f}%)" + (f" [{v[2]} undef.]" if v[2] else ""))
         ex, paper = r["exhaustive"], r["paper"]
-        t.add_row(r["engine"], r["direction"], str(r["models"]), *cells, f"{ex[0]:.2f}% ({ex[1]:.2f}%)",
-                  "-" if paper is None else f"{paper[0]:.2f}% ({paper[1]:.2f}%)", f"{r['found'][0]}/{r['found'][1]} runs")
+        t.add_row(
+            r["engine"],
+            r["direction"],
+            str(r["models"]),
+            *cells,
+            f"{ex[0]:.2f}% ({ex[1]:.2f}%)",
+            "-" if paper is None else f"{paper[0]:.2f}% ({paper[1]:.2f}%)",
+            f"{r['found'][0]}/{r['found'][1]} runs",
+        )
     console = Console()
     console.print(t)
     console.print(

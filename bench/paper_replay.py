@@ -20,12 +20,12 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo_infer import recorded
-from hpo_infer.spec import space as sp
 from hpo_infer.agent.outcome import mark_feasible, mark_infeasible, retry
 from hpo_infer.agent.packs import suggest
 from hpo_infer.agent.seeding import enqueue_baseline, enqueue_grid
 from hpo_infer.engines.replay import PAPER_BATCH_SIZES, PAPER_NUM_GPUS, ReplayEngine
 from hpo_infer.spec import StudySpec, from_dict
+from hpo_infer.spec import space as sp
 from hpo_infer.study.samplers import make_sampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +63,15 @@ def landscapes(data: Path) -> list[tuple[str, str, str]]:
     return list(seen)
 
 
-def replay_spec(data: Path, key: tuple[str, str, str], space: str = "categorical", sampler: str | None = None,
-                seed: int | None = None, trials: int = 44, options: dict[str, Any] | None = None) -> StudySpec:
+def replay_spec(
+    data: Path,
+    key: tuple[str, str, str],
+    space: str = "categorical",
+    sampler: str | None = None,
+    seed: int | None = None,
+    trials: int = 44,
+    options: dict[str, Any] | None = None,
+) -> StudySpec:
     """The spec a user would write to replay one landscape (paper semantics: absent rows and
     OOM runs without a value are infeasible; OOM runs with a partial value keep it, as the paper did)."""
     gpu, engine, model = key
@@ -73,8 +80,16 @@ def replay_spec(data: Path, key: tuple[str, str, str], space: str = "categorical
         "engine": "replay",
         "model": {"id": model},
         "workload": {"kind": "synthetic", "prompts": 1033, "input_tokens": 1, "output_tokens": TOKENS},
-        "fixed": {"table": str(data), "gpu": gpu, "engine": engine, "model": model, "max_new_tokens": TOKENS,
-                  "missing": "infeasible", "oom_partial": "value", "snap": s["snap"]},
+        "fixed": {
+            "table": str(data),
+            "gpu": gpu,
+            "engine": engine,
+            "model": model,
+            "max_new_tokens": TOKENS,
+            "missing": "infeasible",
+            "oom_partial": "value",
+            "snap": s["snap"],
+        },
         "search_space": s["search_space"],
         "budget": {"trials": trials},
         "repeats": 1,
@@ -103,8 +118,13 @@ class Search:
     study: optuna.Study | None = None
 
 
-def search(spec: StudySpec, max_trials: int, stop: Callable[[float], bool] | None = None,
-           prepare: Callable[[optuna.Study], None] | None = None, after: Callable[[optuna.Study], None] | None = None) -> Search:
+def search(
+    spec: StudySpec,
+    max_trials: int,
+    stop: Callable[[float], bool] | None = None,
+    prepare: Callable[[optuna.Study], None] | None = None,
+    after: Callable[[optuna.Study], None] | None = None,
+) -> Search:
     """The agent's loop in process: baseline first (then ``prepare``'s enqueues, e.g. transfer's),
     the grid enqueued for the grid sampler, constraints set as the agent sets them, a failed
     trial retried once, ``after`` called after each trial (as the agent's trial callback)."""

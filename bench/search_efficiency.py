@@ -63,7 +63,9 @@ def _init() -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _landscape(data: str, key: tuple[str, str, str], space: str, sampler: str, cap: int, options: str) -> tuple[Any, float]:
+def _landscape(
+    data: str, key: tuple[str, str, str], space: str, sampler: str, cap: int, options: str
+) -> tuple[Any, float]:
     """The spec (validated once per landscape and sampler in each process) and its optimum."""
     spec = replay_spec(Path(data), key, space, sampler, 0, cap, json.loads(options))
     return spec, optimum(spec)
@@ -84,12 +86,29 @@ def run_one(job: tuple[str, tuple[str, str, str], str, str, int, int, str]) -> d
         for level in LEVELS:
             if hits[str(level)] is None and run_best >= level * best:
                 hits[str(level)] = i
-    return {"key": list(key), "space": space, "sampler": sampler, "seed": seed, "cap": cap, "hits": hits,
-            "trials": len(res.values), "seconds": time.perf_counter() - t0}
+    return {
+        "key": list(key),
+        "space": space,
+        "sampler": sampler,
+        "seed": seed,
+        "cap": cap,
+        "hits": hits,
+        "trials": len(res.values),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def jobs(data: Path, seeds: int, gp_seeds: int, gp_cap: int, cap: int, samplers: list[str], spaces: list[str], gp_spaces: list[str],
-         gp_options: str = "{}") -> list[tuple]:
+def jobs(
+    data: Path,
+    seeds: int,
+    gp_seeds: int,
+    gp_cap: int,
+    cap: int,
+    samplers: list[str],
+    spaces: list[str],
+    gp_spaces: list[str],
+    gp_options: str = "{}",
+) -> list[tuple]:
     from hpo_infer.errors import InputError
 
     keys = landscapes(data)
@@ -120,9 +139,14 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         per_land: dict[tuple, list[dict]] = defaultdict(list)
         for r in rs:
             per_land[tuple(r["key"])].append(r)
-        row: dict[str, Any] = {"sampler": sampler, "space": space, "landscapes": len(per_land),
-                               "seeds": max(len(v) for v in per_land.values()), "cap": cap,
-                               "seconds": sum(r["seconds"] for r in rs)}
+        row: dict[str, Any] = {
+            "sampler": sampler,
+            "space": space,
+            "landscapes": len(per_land),
+            "seeds": max(len(v) for v in per_land.values()),
+            "cap": cap,
+            "seconds": sum(r["seconds"] for r in rs),
+        }
         for level in LEVELS:
             meds = [statistics.median(_n(r, level) for r in v) for v in per_land.values()]
             row[f"median_{level}"] = statistics.median(meds)
@@ -143,14 +167,23 @@ def by_group(results: list[dict[str, Any]], sampler: str, space: str) -> list[tu
     out = []
     for engine in ("hf", "vllm"):
         for gpu in ("A100", "V100"):
-            rs = [r for r in results if r["sampler"] == sampler and r["space"] == space and r["key"][1] == engine and r["key"][0] == gpu]
+            rs = [
+                r
+                for r in results
+                if r["sampler"] == sampler and r["space"] == space and r["key"][1] == engine and r["key"][0] == gpu
+            ]
             if not rs:
                 continue
             per: dict[tuple, list] = defaultdict(list)
             for r in rs:
                 per[tuple(r["key"])].append(_n(r, 0.99))
-            out.append((f"{engine} {gpu} ({len(per)})", statistics.median(statistics.median(v) for v in per.values()),
-                        sum(_n(r, 0.99) <= 11 for r in rs) / len(rs)))
+            out.append(
+                (
+                    f"{engine} {gpu} ({len(per)})",
+                    statistics.median(statistics.median(v) for v in per.values()),
+                    sum(_n(r, 0.99) <= 11 for r in rs) / len(rs),
+                )
+            )
     return out
 
 
@@ -164,15 +197,22 @@ def default_sampler(data: Path) -> tuple[str, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("data", nargs="?", default=str(DEFAULT_DATA), help="paper-landscapes.csv (default: ../shared/data/ beside the repo)")
+    ap.add_argument(
+        "data",
+        nargs="?",
+        default=str(DEFAULT_DATA),
+        help="paper-landscapes.csv (default: ../shared/data/ beside the repo)",
+    )
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--gp-seeds", type=int, default=10)
     ap.add_argument("--max-trials", type=int, default=44)
     ap.add_argument("--gp-max-trials", type=int, default=20)
     ap.add_argument("--samplers", default=",".join(SAMPLERS))
     ap.add_argument("--spaces", default=",".join(SPACES))
-    ap.add_argument("--gp-spaces", default="categorical", help="spaces GP runs on (int-log: ~4 s per run, ~10 min more on 2 cores)")
-    ap.add_argument("--gp-options", default="{}", help='GP sampler options as JSON, e.g. \'{"n_startup_trials": 3}\'')
+    ap.add_argument(
+        "--gp-spaces", default="categorical", help="spaces GP runs on (int-log: ~4 s per run, ~10 min more on 2 cores)"
+    )
+    ap.add_argument("--gp-options", default="{}", help="GP sampler options as JSON, e.g. '{\"n_startup_trials\": 3}'")
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--json", help="also write every run's result here")
     a = ap.parse_args()
@@ -184,7 +224,17 @@ def main() -> int:
         return 2
     a.data_path = str(data)
     t0 = time.time()
-    todo = jobs(data, a.seeds, a.gp_seeds, a.gp_max_trials, a.max_trials, a.samplers.split(","), a.spaces.split(","), a.gp_spaces.split(","), a.gp_options)
+    todo = jobs(
+        data,
+        a.seeds,
+        a.gp_seeds,
+        a.gp_max_trials,
+        a.max_trials,
+        a.samplers.split(","),
+        a.spaces.split(","),
+        a.gp_spaces.split(","),
+        a.gp_options,
+    )
     with mp.get_context("fork").Pool(a.procs, initializer=_init) as pool:
         results = list(pool.imap_unordered(run_one, todo, chunksize=4))
     wall = time.time() - t0
@@ -199,19 +249,30 @@ def print_tables(rows: list[dict[str, Any]], results: list[dict[str, Any]], wall
     from rich.table import Table
 
     dflt, resolved = default_sampler(Path(a.data_path))
-    t = Table(title=f"Trials to reach the optimum of the paper's {rows[0]['landscapes']} landscapes (baseline counts as trial 1)")
+    t = Table(
+        title=f"Trials to reach the optimum of the paper's {rows[0]['landscapes']}"
+        f" landscapes (baseline counts as trial 1)"
+    )
     for col in ("sampler", "space", "seeds", "95%", "98%", "99%", "99% in ≤10", "in ≤11", "in ≤20", "search s"):
         t.add_column(col, justify="left" if col in ("sampler", "space") else "right")
     for r in rows:
         name = r["sampler"] + (" (default)" if r["sampler"] == resolved else "")
         seeds = "1 (ordered)" if r["sampler"] == "grid" else str(r["seeds"])
-        t.add_row(name, r["space"], seeds, *(fmt_trials(r[f"median_{lv}"], r["cap"]) for lv in LEVELS),
-                  *("-" if r[f"within_{w}"] is None else f"{r[f'within_{w}']:.0%}" for w in WITHIN), f"{r['seconds']:.0f}")
+        t.add_row(
+            name,
+            r["space"],
+            seeds,
+            *(fmt_trials(r[f"median_{lv}"], r["cap"]) for lv in LEVELS),
+            *("-" if r[f"within_{w}"] is None else f"{r[f'within_{w}']:.0%}" for w in WITHIN),
+            f"{r['seconds']:.0f}",
+        )
     console = Console()
     console.print(t)
-    console.print("95/98/99%: trials until the best so far reaches that share of the optimum; median over seeds per "
-                  "landscape, then over landscapes. '≤N': share of all runs reaching 99% within N trials. "
-                  f">{a.max_trials} / >{a.gp_max_trials}: not reached by the run's cap (GP: {a.gp_max_trials}).")
+    console.print(
+        "95/98/99%: trials until the best so far reaches that share of the optimum; median over seeds per "
+        "landscape, then over landscapes. '≤N': share of all runs reaching 99% within N trials. "
+        f">{a.max_trials} / >{a.gp_max_trials}: not reached by the run's cap (GP: {a.gp_max_trials})."
+    )
     g = Table(title="by engine and GPU: median trials to 99% / share within 11")
     g.add_column("landscapes")
     combos = [(r["sampler"], r["space"]) for r in rows if r["sampler"] in ("gp", "tpe")]
@@ -224,7 +285,9 @@ def print_tables(rows: list[dict[str, Any]], results: list[dict[str, Any]], wall
         g.add_row(label, *(f"{fmt_trials(c[i][1], cap)} / {c[i][2]:.0%}" for c, cap in zip(cols, caps)))
     if combos:
         console.print(g)
-    console.print(f"{len(results)} runs in {wall:.0f} s wall on {a.procs} processes; default sampler: {dflt!r} -> {resolved}")
+    console.print(
+        f"{len(results)} runs in {wall:.0f} s wall on {a.procs} processes; default sampler: {dflt!r} -> {resolved}"
+    )
 
 
 if __name__ == "__main__":

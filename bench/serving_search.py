@@ -45,9 +45,16 @@ def spec_for(table: Path, sampler: str, seed: int | None, cap: int) -> Any:
         "engine": "replay",
         "model": {"id": "synthetic-llama-3.1-8b"},
         "workload": {"kind": "synthetic", "prompts": 256, "input_tokens": 128, "output_tokens": 128},
-        "fixed": {"table": str(table), "gpu": "H100-80GB-HBM3", "engine": "vllm-serve", "model": "synthetic-llama-3.1-8b"},
-        "search_space": {"max_num_seqs": {"type": "categorical", "choices": SEQS},
-                         "max_num_batched_tokens": {"type": "categorical", "choices": TOKENS}},
+        "fixed": {
+            "table": str(table),
+            "gpu": "H100-80GB-HBM3",
+            "engine": "vllm-serve",
+            "model": "synthetic-llama-3.1-8b",
+        },
+        "search_space": {
+            "max_num_seqs": {"type": "categorical", "choices": SEQS},
+            "max_num_batched_tokens": {"type": "categorical", "choices": TOKENS},
+        },
         "sampler": {"name": sampler, "seed": seed},
         "budget": {"trials": cap},
         "repeats": 1,
@@ -58,15 +65,22 @@ def spec_for(table: Path, sampler: str, seed: int | None, cap: int) -> Any:
 
 def landscape(table: Path) -> dict[tuple[int, int], float]:
     spec = spec_for(table, "random", 0, 1)
-    return {(s, t): float(value_of({**spec.fixed, "max_num_seqs": s, "max_num_batched_tokens": t}).value)  # type: ignore[arg-type]
-            for s in SEQS for t in TOKENS}
+    return {
+        (s, t): float(value_of({**spec.fixed, "max_num_seqs": s, "max_num_batched_tokens": t}).value)  # type: ignore[arg-type]
+        for s in SEQS
+        for t in TOKENS
+    }
 
 
 def run(table: Path, sampler: str, seed: int | None, cap: int, best: float) -> dict[str, Any]:
     spec = spec_for(table, sampler, seed, cap)
     res = search(spec, cap, stop=lambda b: b >= best, prepare=lambda s: None)
     assert res.study is not None
-    points = [(t.params["max_num_seqs"], t.params["max_num_batched_tokens"]) for t in res.study.trials if t.state.is_finished()]
+    points = [
+        (t.params["max_num_seqs"], t.params["max_num_batched_tokens"])
+        for t in res.study.trials
+        if t.state.is_finished()
+    ]
     out: dict[str, Any] = {}
     for name, tol in LEVELS.items():
         run_best, seen, hit = 0.0, set(), None
@@ -82,7 +96,9 @@ def run(table: Path, sampler: str, seed: int | None, cap: int, best: float) -> d
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("table", nargs="?", default=str(DEFAULT_TABLE), help="measured goodput landscape (recorded-table CSV)")
+    ap.add_argument(
+        "table", nargs="?", default=str(DEFAULT_TABLE), help="measured goodput landscape (recorded-table CSV)"
+    )
     ap.add_argument("--seeds", type=int, default=100)
     ap.add_argument("--samplers", default="tpe,gp,random")
     ap.add_argument("--max-trials", type=int, default=32)
@@ -107,7 +123,10 @@ def main() -> int:
         lt.add_row(str(s), *(f"{land[(s, t)]:,.1f}" + (" *" if land[(s, t)] == best else "") for t in TOKENS))
     console.print(lt)
 
-    rt = Table(title=f"trials until the grid's best is measured (defaults' trial not counted; {a.seeds} seeds, cap {a.max_trials})")
+    rt = Table(
+        title="trials until the grid's best is measured "
+        f"(defaults' trial not counted; {a.seeds} seeds, cap {a.max_trials})"
+    )
     for col in ("arm", "runs", *(f"to {n}" for n in LEVELS), "distinct to best", "best in ≤8", "search s"):
         rt.add_column(col, justify="left" if col == "arm" else "right")
     grid = run(table, "grid", None, len(land), best)
@@ -125,9 +144,11 @@ def main() -> int:
         within8 = sum(1 for r in rs if r["best"] and r["best"][0] <= 8) / len(rs)
         rt.add_row(sampler, str(len(rs)), *cells, f"{distinct:g}", f"{within8:.0%}", f"{time.perf_counter() - t0:.1f}")
     console.print(rt)
-    console.print(f"'to X': median trials (25th-75th percentile) until the best so far is the grid's best or within "
-                  f"5%/10% of it; a run that never gets there within the cap counts as {a.max_trials + 1}. 'distinct': "
-                  "configurations measured by then. Add 1 trial everywhere for the defaults.")
+    console.print(
+        f"'to X': median trials (25th-75th percentile) until the best so far is the grid's best or within "
+        f"5%/10% of it; a run that never gets there within the cap counts as {a.max_trials + 1}. 'distinct': "
+        "configurations measured by then. Add 1 trial everywhere for the defaults."
+    )
     return 0
 
 

@@ -162,7 +162,10 @@ def _read(path: str, _mtime: int, _size: int, value_column: str) -> Table:
     else:
         columns, records = _csv(path)
     if value_column not in columns:
-        raise TableError(f"{path}: no column {value_column!r} (columns: {', '.join(columns)}); name the throughput column with value_column")
+        raise TableError(
+            f"{path}: no column {value_column!r} (columns: {', '.join(columns)})"
+            f"; name the throughput column with value_column"
+        )
     rows = []
     for line, raw in records:
         cells = {c: (cell(v) if isinstance(v, str) else v) for c, v in raw.items()}
@@ -206,13 +209,18 @@ def _parquet(path: str) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     try:
         import pandas as pd
     except ImportError:
-        raise TableError(f"{path}: reading Parquet needs pandas and pyarrow (pip install pandas pyarrow), or save the table as CSV") from None
+        raise TableError(
+            f"{path}: reading Parquet needs pandas and pyarrow (pip install pandas pyarrow), or save the table as CSV"
+        ) from None
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # noqa: BLE001 - any reader error becomes one line
         raise TableError(f"{path}: cannot read Parquet: {str(exc).splitlines()[0]}") from None
     columns = [str(c) for c in df.columns]
-    records = [(i + 2, {c: (v.item() if hasattr(v, "item") else v) for c, v in zip(columns, row)}) for i, row in enumerate(df.itertuples(index=False))]
+    records = [
+        (i + 2, {c: (v.item() if hasattr(v, "item") else v) for c, v in zip(columns, row)})
+        for i, row in enumerate(df.itertuples(index=False))
+    ]
     return columns, records
 
 
@@ -227,8 +235,11 @@ def resolve(rows: list[Row], oom_partial: str = "infeasible", value_column: str 
     if not rows:
         return Resolved(MISSING, reason="no row recorded")
     usable = [
-        r for r in rows
-        if r.value is not None and r.value > 0 and (r.status == OK or (oom_partial == "value" and r.status in INFEASIBLE_STATUSES))
+        r
+        for r in rows
+        if r.value is not None
+        and r.value > 0
+        and (r.status == OK or (oom_partial == "value" and r.status in INFEASIBLE_STATUSES))
     ]
     lines = ", ".join(str(r.line) for r in rows[:5])
     if usable:

@@ -35,20 +35,23 @@ class GPUSpec:
 
 
 # NVIDIA datasheet figures (dense, i.e. half the "with sparsity" numbers).
-GPUS: dict[str, GPUSpec] = {g.name: g for g in (
-    GPUSpec("H100 SXM", 989.4, 3350, 80),
-    GPUSpec("H100 PCIe", 756.0, 2000, 80),
-    GPUSpec("H100 NVL", 835.0, 3900, 94),
-    GPUSpec("H200", 989.4, 4800, 141, "SXM; same compute as H100 SXM, more and faster memory"),
-    GPUSpec("A100 80GB", 312.0, 2039, 80, "SXM4; the PCIe card has 1935 GB/s"),
-    GPUSpec("A100 40GB", 312.0, 1555, 40),
-    GPUSpec("V100", 125.0, 900, 32, "no bf16: fp16 tensor-core peak (SXM2)"),
-    GPUSpec("L4", 121.0, 300, 24),
-    GPUSpec("L40S", 362.0, 864, 48),
-    GPUSpec("A10", 125.0, 600, 24),
-    GPUSpec("A10G", 70.0, 600, 24, "AWS variant of the A10: less tensor compute, same memory"),
-    GPUSpec("RTX 4090", 165.2, 1008, 24, "bf16 with fp32 accumulate"),
-)}
+GPUS: dict[str, GPUSpec] = {
+    g.name: g
+    for g in (
+        GPUSpec("H100 SXM", 989.4, 3350, 80),
+        GPUSpec("H100 PCIe", 756.0, 2000, 80),
+        GPUSpec("H100 NVL", 835.0, 3900, 94),
+        GPUSpec("H200", 989.4, 4800, 141, "SXM; same compute as H100 SXM, more and faster memory"),
+        GPUSpec("A100 80GB", 312.0, 2039, 80, "SXM4; the PCIe card has 1935 GB/s"),
+        GPUSpec("A100 40GB", 312.0, 1555, 40),
+        GPUSpec("V100", 125.0, 900, 32, "no bf16: fp16 tensor-core peak (SXM2)"),
+        GPUSpec("L4", 121.0, 300, 24),
+        GPUSpec("L40S", 362.0, 864, 48),
+        GPUSpec("A10", 125.0, 600, 24),
+        GPUSpec("A10G", 70.0, 600, 24, "AWS variant of the A10: less tensor compute, same memory"),
+        GPUSpec("RTX 4090", 165.2, 1008, 24, "bf16 with fp32 accumulate"),
+    )
+}
 
 # NVML names ("NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB", "Tesla V100-SXM2-32GB") -> table.
 _PATTERNS = (

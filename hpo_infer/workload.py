@@ -65,9 +65,7 @@ def load(w: dict[str, Any], vocab_size: int = 512) -> Workload:
         rng = random.Random(w.get("seed", 0))
         lo, hi = (w["input_tokens"], w["input_tokens"]) if isinstance(w["input_tokens"], int) else w["input_tokens"]
         first = 4 if vocab_size > 8 else 0  # keep clear of special tokens
-        prompts = [
-            [rng.randrange(first, vocab_size) for _ in range(rng.randint(lo, hi))] for _ in range(w["prompts"])
-        ]
+        prompts = [[rng.randrange(first, vocab_size) for _ in range(rng.randint(lo, hi))] for _ in range(w["prompts"])]
         return Workload(prompts, w["output_tokens"])
     field = "prompt" if kind == "humaneval" else w.get("field", "prompt")
     prompts = _read_jsonl(w["path"], field, w.get("limit"))

@@ -16,7 +16,9 @@ SHARED = ROOT.parent / "shared"
 SHARED_DATA = SHARED / "data"
 
 
-def run_cli(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Run ``hpo-infer ARGS`` as a user would, through the installed interpreter."""
     e = dict(os.environ)
     e.pop("HPO_INFER_STORAGE", None)

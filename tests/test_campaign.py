@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
 
 CAMPAIGN = {
@@ -24,8 +23,12 @@ CAMPAIGN = {
         "validate_finalists": False,
     },
     "models": [
-        {"synthetic": "tiny-llama", "name": "tiny-llama-hd32", "paper_name": "Codellama-7b-hf",
-         "overrides": {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}},
+        {
+            "synthetic": "tiny-llama",
+            "name": "tiny-llama-hd32",
+            "paper_name": "Codellama-7b-hf",
+            "overrides": {"num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32},
+        },
     ],
     "engines": {
         "hf": {
@@ -68,11 +71,26 @@ def test_paper_campaign_on_the_cpu(tmp_path: Path, shared_data: Path) -> None:
     for summary in optuna.get_all_study_summaries(db):
         trials = optuna.load_study(study_name=summary.study_name, storage=db).get_trials(deepcopy=False)
         starts = sorted(t.user_attrs["start_s"] for t in trials)
-        assert len(trials) >= 2 and starts[:-1] == [0.0] * (len(trials) - 1) and starts[-1] > 0, (summary.study_name, starts)
+        assert len(trials) >= 2 and starts[:-1] == [0.0] * (len(trials) - 1) and starts[-1] > 0, (
+            summary.study_name,
+            starts,
+        )
 
     out = tmp_path / "report"
-    rep = run_cli("report", "--campaign", str(path), "--var", f"HUMANEVAL={humaneval}", "--storage", db,
-                  "--out", str(out), "--paper-data", str(shared_data / "paper-landscapes.csv"), cwd=tmp_path)
+    rep = run_cli(
+        "report",
+        "--campaign",
+        str(path),
+        "--var",
+        f"HUMANEVAL={humaneval}",
+        "--storage",
+        db,
+        "--out",
+        str(out),
+        "--paper-data",
+        str(shared_data / "paper-landscapes.csv"),
+        cwd=tmp_path,
+    )
     assert rep.returncode == 0, rep.stderr[-3000:]
     for engine in ("hf", "vllm"):
         png = out / f"paper_tiny-llama-hd32_{engine}.png"
@@ -106,4 +124,6 @@ def test_campaign_errors_are_one_line(tmp_path: Path) -> None:
     res = run_cli("campaign", str(path), "--var", "NOEQUALS", cwd=tmp_path)
     assert res.returncode == 2 and "--var" in res.stderr
     res = run_cli("report", "--campaign", str(path), "--var", "HUMANEVAL=x", "--gpu", "H100", cwd=tmp_path)
-    assert res.returncode == 2 and "--gpu: expected a study-name GPU label" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        res.returncode == 2 and "--gpu: expected a study-name GPU label" in res.stderr and "Traceback" not in res.stderr
+    )

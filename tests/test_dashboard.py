@@ -16,13 +16,19 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import fault_spec, run_cli, write_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
 ]
 
 
@@ -39,7 +45,17 @@ def _get(url: str) -> dict:
 
 @pytest.fixture
 def dashboard(tmp_path: Path):
-    spec = write_spec(tmp_path, fault_spec(budget={"trials": 4}, search_space={"x": {"type": "int", "low": 1, "high": 64}, "mode": {"type": "categorical", "choices": ["ok", "oom"]}}, sampler={"name": "random", "seed": 5}))
+    spec = write_spec(
+        tmp_path,
+        fault_spec(
+            budget={"trials": 4},
+            search_space={
+                "x": {"type": "int", "low": 1, "high": 64},
+                "mode": {"type": "categorical", "choices": ["ok", "oom"]},
+            },
+            sampler={"name": "random", "seed": 5},
+        ),
+    )
     db = tmp_path / "s.db"
     res = run_cli("tune", str(spec), "--storage", f"sqlite:///{db}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
@@ -47,7 +63,9 @@ def dashboard(tmp_path: Path):
     log = open(tmp_path / "dashboard.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpo_infer", "dashboard", "--storage", f"sqlite:///{db}", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -99,12 +117,23 @@ def test_dashboard_in_headless_chromium(dashboard, tmp_path: Path) -> None:
     try:
         dom = subprocess.run(
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         ).stdout
         shot = tmp_path / "trials.png"
         subprocess.run(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", "--window-size=1400,1000", f"--screenshot={shot}", url],
-            capture_output=True, timeout=120,
+            [
+                CHROMIUM,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=10000",
+                "--window-size=1400,1000",
+                f"--screenshot={shot}",
+                url,
+            ],
+            capture_output=True,
+            timeout=120,
         )
     finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -15,15 +15,20 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import fault_spec, run_cli, write_spec
 from sqlalchemy.exc import OperationalError
 
-from conftest import fault_spec, run_cli, write_spec
 from hpo_infer.errors import InputError, StorageError
 
 
 def _tables_sql(db: Path) -> dict[str, str]:
     with sqlite3.connect(db) as c:
-        return {n: s for n, s in c.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') AND sql IS NOT NULL")}
+        return {
+            n: s
+            for n, s in c.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index') AND sql IS NOT NULL"
+            )
+        }
 
 
 def test_db_current_and_upgrade_on_sqlite(tmp_path: Path) -> None:
@@ -59,8 +64,15 @@ def test_db_upgrade_leaves_optunas_tables_and_alembic_version_alone(tmp_path: Pa
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT version_num FROM alembic_version").fetchall() == optuna_rev == [("v3.2.0.a",)]
         assert c.execute("SELECT version_num FROM hpo_infer_alembic_version").fetchall() == [("0001",)]
-    assert {k: v for k, v in after.items() if not k.startswith(("hpo_infer_", "ix_hpo_infer_", "uq_hpo_infer_"))} == before
-    assert set(after) - set(before) >= {"hpo_infer_alembic_version", "hpo_infer_measurement", "hpo_infer_environment", "hpo_infer_export"}
+    assert {
+        k: v for k, v in after.items() if not k.startswith(("hpo_infer_", "ix_hpo_infer_", "uq_hpo_infer_"))
+    } == before
+    assert set(after) - set(before) >= {
+        "hpo_infer_alembic_version",
+        "hpo_infer_measurement",
+        "hpo_infer_environment",
+        "hpo_infer_export",
+    }
     assert len(optuna.load_study(study_name="theirs", storage=url).trials) == 2
 
 
@@ -76,10 +88,14 @@ def test_models_match_the_migrations_and_autogenerate_ignores_optunas_tables(tmp
     schema.upgrade(url)
     eng = create_engine(url)
     with eng.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE, "include_object": include_object, "compare_type": True})
+        ctx = MigrationContext.configure(
+            conn, opts={"version_table": VERSION_TABLE, "include_object": include_object, "compare_type": True}
+        )
         diff = compare_metadata(ctx, Base.metadata)
         # Without the filter, Optuna's tables would show up as tables to drop.
-        unfiltered = compare_metadata(MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), Base.metadata)
+        unfiltered = compare_metadata(
+            MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}), Base.metadata
+        )
     eng.dispose()
     assert diff == []
     assert any(d[0] == "remove_table" and d[1].name == "trials" for d in unfiltered)
@@ -116,7 +132,9 @@ def test_call_with_retry_backs_off_on_lost_connections_only(caplog: pytest.LogCa
     def flaky() -> str:
         calls["n"] += 1
         if calls["n"] < 3:
-            raise optuna.exceptions.StorageInternalError("commit failed") from _operational("server closed the connection unexpectedly")
+            raise optuna.exceptions.StorageInternalError("commit failed") from _operational(
+                "server closed the connection unexpectedly"
+            )
         return "ok"
 
     with caplog.at_level(logging.WARNING, logger="hpo_infer.storage"):
@@ -146,10 +164,16 @@ def test_measurement_rows_cover_every_repeat_and_window() -> None:
 
     win = [{"tokens": 10, "seconds": 0.5}, {"tokens": 30, "seconds": 0.5}]
     reps = [{"repeat": i, "tokens": 40, "seconds": 1.0, "tok_s": 40.0, "windows": win} for i in range(3)]
-    out = Outcome("complete", [ConfigResult(status="complete", value=40.0, windows=reps, start_s=2.0, warmup_s=1.0)], wall_s=5.0)
+    out = Outcome(
+        "complete", [ConfigResult(status="complete", value=40.0, windows=reps, start_s=2.0, warmup_s=1.0)], wall_s=5.0
+    )
     got = list(rows(out))
     assert {"config_index": None, "repeat": None, "window": None, "metric": "wall_s", "value": 5.0} in got
-    assert {(r["metric"], r["value"]) for r in got if r["repeat"] is None and r["config_index"] == 0} == {("value", 40.0), ("start_s", 2.0), ("warmup_s", 1.0)}
+    assert {(r["metric"], r["value"]) for r in got if r["repeat"] is None and r["config_index"] == 0} == {
+        ("value", 40.0),
+        ("start_s", 2.0),
+        ("warmup_s", 1.0),
+    }
     assert len([r for r in got if r["window"] is None and r["repeat"] is not None]) == 3 * 3
     w = [r for r in got if r["window"] is not None]
     assert len(w) == 3 * 2 * 3
@@ -228,7 +252,12 @@ def test_worker_by_study_name_runs_the_stored_spec(tmp_path: Path) -> None:
     assert res.returncode == 2 and "SPEC_FILE" in res.stderr
     copies = {t.number for t in study.trials if "duplicate_of" in t.user_attrs}  # re-proposals: told, not measured
     with sqlite3.connect(tmp_path / "s.db") as c:
-        assert {r[0] for r in c.execute("SELECT DISTINCT trial_number FROM hpo_infer_measurement")} == {0, 1, 2, 3} - copies
+        assert {r[0] for r in c.execute("SELECT DISTINCT trial_number FROM hpo_infer_measurement")} == {
+            0,
+            1,
+            2,
+            3,
+        } - copies
 
 
 # ---- agents sharing one study (SQLite, one host) ------------------------------------------------
@@ -240,8 +269,23 @@ def _study(url: str) -> optuna.Study:
 def test_wall_time_is_shared_by_all_agents(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     wall = 6.0
-    path = write_spec(tmp_path, fault_spec(budget={"trials": 1000, "wall_time_s": wall}, fixed={"pass_s": 0.1}, sampler={"name": "random", "seed": 0}))
-    res = run_cli("worker", str(path), "--storage", url, "--agents", "2", cwd=tmp_path, env={"HPO_INFER_HEARTBEAT_S": "1"}, timeout=300)
+    path = write_spec(
+        tmp_path,
+        fault_spec(
+            budget={"trials": 1000, "wall_time_s": wall}, fixed={"pass_s": 0.1}, sampler={"name": "random", "seed": 0}
+        ),
+    )
+    res = run_cli(
+        "worker",
+        str(path),
+        "--storage",
+        url,
+        "--agents",
+        "2",
+        cwd=tmp_path,
+        env={"HPO_INFER_HEARTBEAT_S": "1"},
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert res.stdout.count("stopped (wall time)") == 2, res.stdout[-3000:]
     study = _study(url)
@@ -258,8 +302,20 @@ def test_wall_time_is_shared_by_all_agents(tmp_path: Path) -> None:
 def test_patience_is_counted_from_the_storage_across_agents(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 's.db'}"
     patience = 4
-    path = write_spec(tmp_path, fault_spec(budget={"trials": 200, "patience": patience}, sampler={"name": "random", "seed": 3}))
-    res = run_cli("worker", str(path), "--storage", url, "--agents", "2", cwd=tmp_path, env={"HPO_INFER_HEARTBEAT_S": "1"}, timeout=300)
+    path = write_spec(
+        tmp_path, fault_spec(budget={"trials": 200, "patience": patience}, sampler={"name": "random", "seed": 3})
+    )
+    res = run_cli(
+        "worker",
+        str(path),
+        "--storage",
+        url,
+        "--agents",
+        "2",
+        cwd=tmp_path,
+        env={"HPO_INFER_HEARTBEAT_S": "1"},
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     study = _study(url)
     trials = study.trials
@@ -277,10 +333,27 @@ def test_each_agent_pins_its_trials_to_its_gpus(tmp_path: Path) -> None:
     import psutil
 
     url = f"sqlite:///{tmp_path / 's.db'}"
-    path = write_spec(tmp_path, fault_spec(budget={"trials": 6}, fixed={"mode": "spawn_child", "pass_s": 0.3}, repeats=2))
+    path = write_spec(
+        tmp_path, fault_spec(budget={"trials": 6}, fixed={"mode": "spawn_child", "pass_s": 0.3}, repeats=2)
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpo_infer", "worker", str(path), "--storage", url, "--gpus", "2,3,5,7", "--gpus-per-trial", "2"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hpo_infer",
+            "worker",
+            str(path),
+            "--storage",
+            url,
+            "--gpus",
+            "2,3,5,7",
+            "--gpus-per-trial",
+            "2",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     seen: set[str] = set()
     deadline = time.monotonic() + 120

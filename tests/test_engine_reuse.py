@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import fault_spec, run_cli, write_spec
 
 XS = [8, 16, 24, 32]

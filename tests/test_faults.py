@@ -12,7 +12,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import fault_spec, run_cli, tagged, write_spec
 
 
@@ -21,7 +20,9 @@ def _tune(tmp_path: Path, spec: dict, timeout: float = 300) -> tuple[optuna.Stud
     path = write_spec(tmp_path, spec)
     db = tmp_path / "s.db"
     t0 = time.monotonic()
-    res = run_cli("tune", str(path), "--storage", f"sqlite:///{db}", cwd=tmp_path, env={"HPO_TEST_TAG": tag}, timeout=timeout)
+    res = run_cli(
+        "tune", str(path), "--storage", f"sqlite:///{db}", cwd=tmp_path, env={"HPO_TEST_TAG": tag}, timeout=timeout
+    )
     took = time.monotonic() - t0
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
@@ -44,7 +45,10 @@ def _by_status(study: optuna.Study) -> dict[str, list[optuna.trial.FrozenTrial]]
 @pytest.mark.parametrize("mode", ["crash_start", "crash_mid"])
 def test_crash_fails_the_trial_retries_it_once_and_the_study_goes_on(tmp_path: Path, mode: str) -> None:
     spec = fault_spec(
-        search_space={"mode": {"type": "categorical", "choices": ["ok", mode]}, "x": {"type": "int", "low": 1, "high": 64}},
+        search_space={
+            "mode": {"type": "categorical", "choices": ["ok", mode]},
+            "x": {"type": "int", "low": 1, "high": 64},
+        },
         sampler={"name": "random", "seed": 1},
         budget={"trials": 8},
     )
@@ -79,7 +83,10 @@ def test_hang_is_killed_at_the_timeout(tmp_path: Path) -> None:
 @pytest.mark.parametrize("mode,reason", [("oom", "out of memory"), ("reject", "rejected")])
 def test_oom_and_rejected_configs_are_infeasible_not_failed(tmp_path: Path, mode: str, reason: str) -> None:
     spec = fault_spec(
-        search_space={"mode": {"type": "categorical", "choices": ["ok", mode]}, "x": {"type": "int", "low": 1, "high": 64}},
+        search_space={
+            "mode": {"type": "categorical", "choices": ["ok", mode]},
+            "x": {"type": "int", "low": 1, "high": 64},
+        },
         sampler={"name": "random", "seed": 3},
         budget={"trials": 8},
     )

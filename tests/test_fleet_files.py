@@ -134,15 +134,15 @@ def test_kubernetes_indexed_job_one_pod_per_gpu() -> None:
 def test_slurm_array_script() -> None:
     text = (DOCKER / "slurm-array.sh").read_text()
     assert text.startswith("#!/bin/bash\n")
-    sbatch = dict(
-        (m.group(1), m.group(2)) for m in re.finditer(r"^#SBATCH --([a-z-]+)(?:=(\S+))?", text, re.M)
-    )
+    sbatch = dict((m.group(1), m.group(2)) for m in re.finditer(r"^#SBATCH --([a-z-]+)(?:=(\S+))?", text, re.M))
     assert re.fullmatch(r"\d+-\d+(%\d+)?", sbatch["array"])
     assert sbatch["gres"] == "gpu:1"
     assert sbatch["signal"].startswith("B:TERM@"), "SIGTERM before the time limit ends trials cleanly"
     assert {"job-name", "time", "output"} <= set(sbatch)
     first_cmd = next(i for i, ln in enumerate(text.splitlines()) if ln and not ln.startswith("#"))
-    assert all(not ln.startswith("#SBATCH") for ln in text.splitlines()[first_cmd:]), "#SBATCH after a command is ignored"
+    assert all(not ln.startswith("#SBATCH") for ln in text.splitlines()[first_cmd:]), (
+        "#SBATCH after a command is ignored"
+    )
     cmds = [shlex.split(ln.strip())[1:] for ln in text.splitlines() if re.match(r"\s*(exec\s+)?hpo-infer\s", ln)]
     cmds = [c[1:] if c and c[0] == "hpo-infer" else c for c in cmds]
     assert [check_command(c) for c in cmds] == ["db upgrade", "worker"]

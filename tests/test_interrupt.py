@@ -13,20 +13,25 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import fault_spec, run_cli, tagged, write_spec
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_trial_records_it_kills_the_tree_and_resumes(tmp_path: Path, sig: signal.Signals) -> None:
-    spec = write_spec(tmp_path, fault_spec(fixed={"pass_s": 1.0, "mode": "spawn_child"}, budget={"trials": 3}, repeats=4))
+    spec = write_spec(
+        tmp_path, fault_spec(fixed={"pass_s": 1.0, "mode": "spawn_child"}, budget={"trials": 3}, repeats=4)
+    )
     db = tmp_path / "s.db"
     tag = uuid.uuid4().hex
     env = {**os.environ, "HPO_TEST_TAG": tag}
     env.pop("HPO_INFER_STORAGE", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpo_infer", "tune", str(spec), "--storage", f"sqlite:///{db}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     # Wait until a worker (and its daemonised grandchild) is measuring.
     deadline = time.monotonic() + 60

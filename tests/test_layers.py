@@ -62,8 +62,10 @@ def _runtime_imports(path: Path, modules: dict[str, Path] | None = None) -> list
 
 def _graph() -> dict[str, set[str]]:
     mods = _modules()
-    return {name: {m for m, _ in _runtime_imports(p, mods) if m in mods and m != name and m != "hpo_infer"}
-            for name, p in mods.items()}
+    return {
+        name: {m for m, _ in _runtime_imports(p, mods) if m in mods and m != name and m != "hpo_infer"}
+        for name, p in mods.items()
+    }
 
 
 def _layer(module: str) -> int | None:
@@ -87,7 +89,7 @@ def test_no_import_circle() -> None:
         path.append(v)
         for w in sorted(graph[v]):
             if seen.get(w) == 1:
-                cycles.append(path[path.index(w):] + [w])
+                cycles.append(path[path.index(w) :] + [w])
             elif w not in seen:
                 visit(w)
         path.pop()
@@ -114,7 +116,9 @@ def test_imports_go_down_the_layers() -> None:
     graph, bad = _graph(), []
     for name, deps in graph.items():
         mine = _layer(name)
-        assert mine is not None or name in ("hpo_infer", "hpo_infer.__main__"), f"{name} is in no layer of ARCHITECTURE.md"
+        assert mine is not None or name in ("hpo_infer", "hpo_infer.__main__"), (
+            f"{name} is in no layer of ARCHITECTURE.md"
+        )
         for dep in deps:
             theirs = _layer(dep)
             if mine is not None and theirs is not None and theirs < mine:
@@ -124,8 +128,12 @@ def test_imports_go_down_the_layers() -> None:
 
 def test_no_package_circle() -> None:
     """Packages in one layer may use each other one way only (agent uses reporting's notes, not back)."""
-    edges = {(a.split(".")[1], b.split(".")[1]) for a, deps in _graph().items() for b in deps
-             if len(a.split(".")) > 1 and len(b.split(".")) > 1 and a.split(".")[1] != b.split(".")[1]}
+    edges = {
+        (a.split(".")[1], b.split(".")[1])
+        for a, deps in _graph().items()
+        for b in deps
+        if len(a.split(".")) > 1 and len(b.split(".")) > 1 and a.split(".")[1] != b.split(".")[1]
+    }
     both = sorted({tuple(sorted(e)) for e in edges if (e[1], e[0]) in edges})
     assert not both, f"packages importing each other: {both}"
 

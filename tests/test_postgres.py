@@ -17,9 +17,8 @@ from typing import Any
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import fault_spec, run_cli, tagged, write_spec
+from optuna.trial import TrialState
 
 pytestmark = pytest.mark.postgres
 
@@ -28,7 +27,10 @@ FAST_HEARTBEAT = {"HPO_INFER_HEARTBEAT_S": "1", "HPO_INFER_GRACE_S": "4"}
 
 def grid_spec(**over: Any) -> dict[str, Any]:
     spec = fault_spec(
-        search_space={"x": {"type": "int", "low": 18, "high": 30, "step": 4}, "y": {"type": "int", "low": 1, "high": 4}},
+        search_space={
+            "x": {"type": "int", "low": 18, "high": 30, "step": 4},
+            "y": {"type": "int", "low": 1, "high": 4},
+        },
         sampler={"name": "grid"},
         budget={"trials": 200},
         repeats=2,
@@ -37,14 +39,20 @@ def grid_spec(**over: Any) -> dict[str, Any]:
     return spec
 
 
-def start_worker(spec: Path, url: str, *args: str, tag: str, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+def start_worker(
+    spec: Path, url: str, *args: str, tag: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen:
     """``hpo-infer worker`` as a fleet runs it: the storage URL in the environment."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("HPO_INFER_")}
     e.update({"HPO_INFER_STORAGE": url, "HPO_TEST_TAG": tag, **(env or {})})
     out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "hpo_infer", "worker", str(spec), *args],
-        env=e, cwd=spec.parent, stdout=out, stderr=subprocess.STDOUT, text=True,
+        env=e,
+        cwd=spec.parent,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -62,8 +70,8 @@ def point(t: optuna.trial.FrozenTrial) -> tuple:
 
 def assert_grid_once(study: optuna.Study, spec: dict[str, Any]) -> None:
     """Every grid point measured exactly once (one COMPLETE or PRUNED trial), nothing left over."""
-    from hpo_infer.spec import space as sp
     from hpo_infer.spec import from_dict
+    from hpo_infer.spec import space as sp
 
     trials = study.get_trials(deepcopy=False)
     states = collections.Counter(t.state for t in trials)
@@ -90,7 +98,12 @@ def db_text(url: str) -> str:
 
 def test_db_upgrade_from_many_hosts_at_once_then_current(pg_url: str, pg_server: Any) -> None:
     procs = [
-        subprocess.Popen([sys.executable, "-m", "hpo_infer", "db", "upgrade", "--storage", pg_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "hpo_infer", "db", "upgrade", "--storage", pg_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     outs = [p.communicate(timeout=120) for p in procs]
@@ -104,7 +117,9 @@ def test_db_upgrade_from_many_hosts_at_once_then_current(pg_url: str, pg_server:
     assert "hpo:***@127.0.0.1" in res.stdout
 
 
-def test_four_agents_on_one_grid_study_each_point_once_and_outcomes_as_designed(tmp_path: Path, pg_url: str, pg_server: Any) -> None:
+def test_four_agents_on_one_grid_study_each_point_once_and_outcomes_as_designed(
+    tmp_path: Path, pg_url: str, pg_server: Any
+) -> None:
     spec = grid_spec(
         search_space={
             "mode": {"type": "categorical", "choices": ["ok", "crash_start"]},
@@ -116,7 +131,17 @@ def test_four_agents_on_one_grid_study_each_point_once_and_outcomes_as_designed(
     )
     path = write_spec(tmp_path, spec)
     tag = uuid.uuid4().hex
-    res = run_cli("worker", str(path), "--storage", pg_url, "--agents", "4", cwd=tmp_path, env={"HPO_TEST_TAG": tag, **FAST_HEARTBEAT}, timeout=400)
+    res = run_cli(
+        "worker",
+        str(path),
+        "--storage",
+        pg_url,
+        "--agents",
+        "4",
+        cwd=tmp_path,
+        env={"HPO_TEST_TAG": tag, **FAST_HEARTBEAT},
+        timeout=400,
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "Traceback" not in out
@@ -130,7 +155,9 @@ def test_four_agents_on_one_grid_study_each_point_once_and_outcomes_as_designed(
     ok_points = [t for t in trials if t.params.get("mode") == "ok" and t.user_attrs["hpo_infer_role"] == "grid"]
     crash = [t for t in trials if t.params.get("mode") == "crash_start"]
     # ok points: each measured once, feasible or (x > max_x) infeasible with a violated constraint, or pruned
-    assert_grid_once(study, {**spec, "search_space": {**spec["search_space"], "mode": {"type": "categorical", "choices": ["ok"]}}})
+    assert_grid_once(
+        study, {**spec, "search_space": {**spec["search_space"], "mode": {"type": "categorical", "choices": ["ok"]}}}
+    )
     for t in ok_points:
         assert t.state in (TrialState.COMPLETE, TrialState.PRUNED), (t.number, t.state)
         if t.state == TrialState.COMPLETE:
@@ -153,8 +180,16 @@ def test_four_agents_on_one_grid_study_each_point_once_and_outcomes_as_designed(
 
     eng = create_engine(normalise(pg_url))
     with eng.connect() as c:
-        per_trial = dict(c.execute(text("SELECT trial_number, count(*) FROM hpo_infer_measurement GROUP BY trial_number")).all())
-        reps = dict(c.execute(text("SELECT trial_number, count(*) FROM hpo_infer_measurement WHERE metric='tok_s' AND repeat IS NOT NULL AND \"window\" IS NULL GROUP BY trial_number")).all())
+        per_trial = dict(
+            c.execute(text("SELECT trial_number, count(*) FROM hpo_infer_measurement GROUP BY trial_number")).all()
+        )
+        reps = dict(
+            c.execute(
+                text(
+                    "SELECT trial_number, count(*) FROM hpo_infer_measurement WHERE metric='tok_s' AND repeat IS NOT NULL AND \"window\" IS NULL GROUP BY trial_number"  # noqa: E501
+                )
+            ).all()
+        )
         envs = c.execute(text("SELECT host, gpu_name, engine FROM hpo_infer_environment")).all()
         names = {r[0] for r in c.execute(text("SELECT DISTINCT study_name FROM hpo_infer_measurement"))}
     eng.dispose()
@@ -195,14 +230,26 @@ def test_eight_agents_started_at_once_after_db_upgrade(tmp_path: Path, pg_url: s
     assert len([t for t in study.trials if t.user_attrs.get("hpo_infer_role") == "baseline"]) == 1
 
 
-def test_postgres_restart_mid_study_agents_carry_on_and_no_finished_trial_is_lost(tmp_path: Path, pg_url: str, pg_server: Any) -> None:
+def test_postgres_restart_mid_study_agents_carry_on_and_no_finished_trial_is_lost(
+    tmp_path: Path, pg_url: str, pg_server: Any
+) -> None:
     budget = 30
-    spec = fault_spec(sampler={"name": "random", "seed": 0}, budget={"trials": budget}, fixed={"pass_s": 0.1}, repeats=2)
+    spec = fault_spec(
+        sampler={"name": "random", "seed": 0}, budget={"trials": budget}, fixed={"pass_s": 0.1}, repeats=2
+    )
     path = write_spec(tmp_path, spec)
     assert run_cli("db", "upgrade", "--storage", pg_url).returncode == 0
     log = tmp_path / "worker.log"
     # grace > the outage: a trial must not go stale while the database is away
-    proc = start_worker(path, pg_url, "--agents", "3", tag=uuid.uuid4().hex, env={"HPO_INFER_HEARTBEAT_S": "1", "HPO_INFER_GRACE_S": "30"}, log=log)
+    proc = start_worker(
+        path,
+        pg_url,
+        "--agents",
+        "3",
+        tag=uuid.uuid4().hex,
+        env={"HPO_INFER_HEARTBEAT_S": "1", "HPO_INFER_GRACE_S": "30"},
+        log=log,
+    )
     try:
         deadline = time.monotonic() + 180
         before: dict[int, float] = {}

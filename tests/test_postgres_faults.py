@@ -19,9 +19,8 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from optuna.trial import TrialState
-
 from conftest import run_cli, tagged, write_spec
+from optuna.trial import TrialState
 from test_postgres import FAST_HEARTBEAT, assert_grid_once, grid_spec, load, start_worker
 
 pytestmark = pytest.mark.postgres
@@ -43,9 +42,14 @@ def _trial_tree(agent: psutil.Process, timeout: float = 90) -> tuple[psutil.Proc
     raise AssertionError("the agent never ran a trial")
 
 
-def test_sigkill_an_agent_mid_trial_its_worker_tree_dies_and_another_agent_retries_it(tmp_path: Path, pg_url: str) -> None:
+def test_sigkill_an_agent_mid_trial_its_worker_tree_dies_and_another_agent_retries_it(
+    tmp_path: Path, pg_url: str
+) -> None:
     spec = grid_spec(
-        search_space={"x": {"type": "int", "low": 20, "high": 26, "step": 2}, "y": {"type": "int", "low": 1, "high": 2}},
+        search_space={
+            "x": {"type": "int", "low": 20, "high": 26, "step": 2},
+            "y": {"type": "int", "low": 1, "high": 2},
+        },
         fixed={"mode": "spawn_child", "pass_s": 0.5},
         repeats=3,
         trials_per_engine=1,  # one trial per worker: these tests follow one trial's fate
@@ -53,7 +57,10 @@ def test_sigkill_an_agent_mid_trial_its_worker_tree_dies_and_another_agent_retri
     path = write_spec(tmp_path, spec)
     assert run_cli("db", "upgrade", "--storage", pg_url).returncode == 0
     tag = uuid.uuid4().hex
-    procs = [start_worker(path, pg_url, "--agents", "1", tag=tag, env=FAST_HEARTBEAT, log=tmp_path / f"a{i}.log") for i in range(3)]
+    procs = [
+        start_worker(path, pg_url, "--agents", "1", tag=tag, env=FAST_HEARTBEAT, log=tmp_path / f"a{i}.log")
+        for i in range(3)
+    ]
     try:
         victim = procs[0]
         mine = f"{socket.gethostname()}:{victim.pid}"
@@ -65,7 +72,11 @@ def test_sigkill_an_agent_mid_trial_its_worker_tree_dies_and_another_agent_retri
             if study is None:
                 study = load(pg_url)
                 continue  # loading took a while: look at the tree again
-            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get("agent") == mine]
+            running = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.user_attrs.get("agent") == mine
+            ]
             if running and worker.is_running() and grandchild.is_running():
                 assert len(running) == 1, "an agent runs one trial at a time"
                 killed = running[0]
@@ -95,9 +106,14 @@ def test_sigkill_an_agent_mid_trial_its_worker_tree_dies_and_another_agent_retri
     assert_grid_once(study, spec)
 
 
-def test_sigterm_stops_every_agent_cleanly_exit_0_and_the_interrupted_trials_run_on_resume(tmp_path: Path, pg_url: str) -> None:
+def test_sigterm_stops_every_agent_cleanly_exit_0_and_the_interrupted_trials_run_on_resume(
+    tmp_path: Path, pg_url: str
+) -> None:
     spec = grid_spec(
-        search_space={"x": {"type": "int", "low": 20, "high": 26, "step": 2}, "y": {"type": "int", "low": 1, "high": 2}},
+        search_space={
+            "x": {"type": "int", "low": 20, "high": 26, "step": 2},
+            "y": {"type": "int", "low": 1, "high": 2},
+        },
         fixed={"mode": "spawn_child", "pass_s": 0.3},
         repeats=3,
         trials_per_engine=1,  # one trial per worker: these tests follow one trial's fate
@@ -108,7 +124,11 @@ def test_sigterm_stops_every_agent_cleanly_exit_0_and_the_interrupted_trials_run
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # both agents inside a trial
-            trees = [c for c in psutil.Process(parent.pid).children() if any("hpo_infer.trial.process" in " ".join(g.cmdline()) for g in c.children())]
+            trees = [
+                c
+                for c in psutil.Process(parent.pid).children()
+                if any("hpo_infer.trial.process" in " ".join(g.cmdline()) for g in c.children())
+            ]
             if len(trees) == 2:
                 break
             time.sleep(0.05)
@@ -137,7 +157,9 @@ def test_sigterm_stops_every_agent_cleanly_exit_0_and_the_interrupted_trials_run
         assert study.trials[t.user_attrs["interrupted_in"]].params == t.system_attrs["fixed_params"]
 
     # Run it again: the interrupted points are measured, each grid point once.
-    res = run_cli("worker", str(path), "--storage", pg_url, "--agents", "2", cwd=tmp_path, env=FAST_HEARTBEAT, timeout=300)
+    res = run_cli(
+        "worker", str(path), "--storage", pg_url, "--agents", "2", cwd=tmp_path, env=FAST_HEARTBEAT, timeout=300
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert_grid_once(load(pg_url), spec)
 
@@ -151,7 +173,10 @@ def test_a_trial_failed_under_a_live_agent_is_let_go_and_the_agent_carries_on(tm
     from hpo_infer.storage_url import normalise
 
     spec = grid_spec(
-        search_space={"x": {"type": "int", "low": 20, "high": 22, "step": 2}, "y": {"type": "int", "low": 1, "high": 2}},
+        search_space={
+            "x": {"type": "int", "low": 20, "high": 22, "step": 2},
+            "y": {"type": "int", "low": 1, "high": 2},
+        },
         fixed={"mode": "spawn_child", "pass_s": 0.5},
         repeats=4,
         trials_per_engine=1,  # one trial per worker: these tests follow one trial's fate
@@ -187,7 +212,10 @@ def test_sigkill_an_agent_mid_pack_every_trial_of_its_pack_is_retried_once(tmp_p
     """Points that share one engine start (a pack) die together with their agent: a survivor
     fails each as stale and measures its retry; no point is lost or measured twice."""
     spec = grid_spec(
-        search_space={"x": {"type": "int", "low": 20, "high": 26, "step": 2}, "y": {"type": "int", "low": 1, "high": 1}},
+        search_space={
+            "x": {"type": "int", "low": 20, "high": 26, "step": 2},
+            "y": {"type": "int", "low": 1, "high": 1},
+        },
         fixed={"mode": "spawn_child", "pass_s": 0.5},
         repeats=3,
     )
@@ -201,7 +229,11 @@ def test_sigkill_an_agent_mid_pack_every_trial_of_its_pack_is_retried_once(tmp_p
         study = load(pg_url)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get("agent") == mine]
+            running = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.user_attrs.get("agent") == mine
+            ]
             if len(running) >= 2:  # the pack's trials are all RUNNING while its worker measures
                 break
             time.sleep(0.2)

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from conftest import fault_spec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import fault_spec
 from hpo_infer.cli import run
 
 WORK = Path(tempfile.mkdtemp(prefix="hpo-prop-"))
@@ -53,7 +53,14 @@ BASE = fault_spec(budget={"trials": 1})
 NOT_NUMBER = st.sampled_from(["many", [1, 2], {"a": 1}, "1e400x", "", "∞", "-"])
 NOT_MAP = st.sampled_from([[1, 2], "text", 42, 3.5])
 NOT_ENGINE = st.sampled_from([42, [1], "zzz-engine", "", {"name": "hf"}])
-NUMERIC_KEYS = ["repeats", "trial_timeout_s", "budget.trials", "budget.wall_time_s", "workload.prompts", "workload.output_tokens"]
+NUMERIC_KEYS = [
+    "repeats",
+    "trial_timeout_s",
+    "budget.trials",
+    "budget.wall_time_s",
+    "workload.prompts",
+    "workload.output_tokens",
+]
 MAP_KEYS = ["search_space", "fixed", "sampler", "model"]
 
 
@@ -108,7 +115,9 @@ def _mutations() -> st.SearchStrategy[dict[str, Any]]:
     names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8)
     return st.one_of(
         names.map(unknown_key),
-        st.tuples(st.sampled_from(["workload", "budget", "sampler", "pruner", "objective", "model"]), names).map(lambda a: nested_unknown(*a)),
+        st.tuples(st.sampled_from(["workload", "budget", "sampler", "pruner", "objective", "model"]), names).map(
+            lambda a: nested_unknown(*a)
+        ),
         st.tuples(st.sampled_from(NUMERIC_KEYS), NOT_NUMBER).map(lambda a: wrong_type(*a)),
         st.tuples(st.sampled_from(MAP_KEYS), NOT_MAP).map(lambda a: wrong_type(*a)),
         NOT_ENGINE.map(lambda v: wrong_type("engine", v)),
@@ -116,7 +125,16 @@ def _mutations() -> st.SearchStrategy[dict[str, Any]]:
         st.tuples(st.integers(1, 500), st.integers(0, 50)).map(lambda a: bad_range(*a)),
         names.map(bad_param),
         names.map(bad_choice),
-        st.sampled_from(["mysql://u@h/db", "sqlite:///:memory:", "sqlite:////nonexistent/dir/x.db", "redis://h", "nonsense", "postgresql://u:pw@h"]).map(bad_storage),
+        st.sampled_from(
+            [
+                "mysql://u@h/db",
+                "sqlite:///:memory:",
+                "sqlite:////nonexistent/dir/x.db",
+                "redis://h",
+                "nonsense",
+                "postgresql://u:pw@h",
+            ]
+        ).map(bad_storage),
     )
 
 
@@ -152,12 +170,19 @@ def test_generated_garbage_yaml_files(text: str) -> None:
     assert not fresh.exists()
 
 
-OPTS = st.sampled_from(["--trials", "--gpus", "--storage", "--format", "--out", "--port", "--host", "--bogus", "-x", "--var"])
+OPTS = st.sampled_from(
+    ["--trials", "--gpus", "--storage", "--format", "--out", "--port", "--host", "--bogus", "-x", "--var"]
+)
 VALS = st.one_of(st.text(alphabet="abc-,:/.0123456789 ", max_size=12), st.integers(-5, 0).map(str))
 
 
 @settings(max_examples=250, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(cmd=st.sampled_from(["tune", "export", "report", "compare", "dashboard", "campaign", "db upgrade", "worker", "nosuchcmd"]), pairs=st.lists(st.tuples(OPTS, VALS), min_size=1, max_size=3))
+@given(
+    cmd=st.sampled_from(
+        ["tune", "export", "report", "compare", "dashboard", "campaign", "db upgrade", "worker", "nosuchcmd"]
+    ),
+    pairs=st.lists(st.tuples(OPTS, VALS), min_size=1, max_size=3),
+)
 def test_generated_bad_command_lines(cmd: str, pairs: list[tuple[str, str]]) -> None:
     args = cmd.split()
     if cmd in ("tune", "campaign", "worker"):

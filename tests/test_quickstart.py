@@ -7,7 +7,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import ROOT, run_cli
 
 

@@ -12,12 +12,22 @@ from typing import Any
 
 import optuna
 import pytest
-
 from conftest import run_cli, write_spec
+
 from hpo_infer.engines.replay import ReplayEngine, ReplayFailed, ReplayInfeasible
 from hpo_infer.measurement.protocol import TrialRequest
 
-HEADER = ["gpu", "engine", "model", "num_gpus", "batch_size", "max_new_tokens", "throughput_tok_s", "status", "source_row"]
+HEADER = [
+    "gpu",
+    "engine",
+    "model",
+    "num_gpus",
+    "batch_size",
+    "max_new_tokens",
+    "throughput_tok_s",
+    "status",
+    "source_row",
+]
 ROWS = [
     # gpu A: bs 1, 2 ok; bs 4 out of memory; bs 8 never recorded; 2 GPUs: bs 1 killed, bs 2 two repeats
     ("A", "hf", "m", 1, 1, 5, 10.0, "ok"),
@@ -83,7 +93,9 @@ def test_replay_through_the_cli_ok_oom_and_missing_rows(tmp_path: Path) -> None:
     for t in study.trials:
         by_bs.setdefault(t.params["batch_size"], []).append(t)
     (t1,), (t2,) = by_bs[1], by_bs[2]
-    assert t1.user_attrs["hpo_infer_role"] == "baseline" and t1.value == 10.0 and t1.user_attrs["repeats"] == [10.0, 10.0]
+    assert (
+        t1.user_attrs["hpo_infer_role"] == "baseline" and t1.value == 10.0 and t1.user_attrs["repeats"] == [10.0, 10.0]
+    )
     assert t2.value == 20.0 and t2.constraints == {"feasible": 0.0}
     (t4,) = by_bs[4]
     assert t4.state == optuna.trial.TrialState.COMPLETE and t4.constraints == {"feasible": 1.0}
@@ -105,13 +117,27 @@ def test_replay_through_the_cli_ok_oom_and_missing_rows(tmp_path: Path) -> None:
         ({"fixed": {"table": "nope.csv"}}, "fixed.table", "no such file: nope.csv"),
         ({"fixed": {"gpu": "H100"}}, "fixed.gpu", "no row of grid.csv has gpu=H100 (it has: A, B)"),
         ({"fixed": {"colour": "red"}}, "fixed.colour", "is not a column of grid.csv"),
-        ({"search_space": {"tp": {"type": "categorical", "choices": [1]}}}, "search_space.tp", "is not a column of grid.csv"),
-        ({"search_space": {"noise": {"type": "float", "low": 0, "high": 0.1}}}, "search_space.noise", "is an option of the replay engine"),
-        ({"fixed": {"max_new_tokens": None}}, "fixed", "column 'max_new_tokens' of grid.csv takes several values (5, 10)"),
+        (
+            {"search_space": {"tp": {"type": "categorical", "choices": [1]}}},
+            "search_space.tp",
+            "is not a column of grid.csv",
+        ),
+        (
+            {"search_space": {"noise": {"type": "float", "low": 0, "high": 0.1}}},
+            "search_space.noise",
+            "is an option of the replay engine",
+        ),
+        (
+            {"fixed": {"max_new_tokens": None}},
+            "fixed",
+            "column 'max_new_tokens' of grid.csv takes several values (5, 10)",
+        ),
         ({"fixed": {"missing": "maybe"}}, "fixed.missing", "must be one of ['error', 'infeasible']"),
     ],
 )
-def test_bad_replay_specs_are_one_line_errors_and_write_nothing(tmp_path: Path, change: dict, key: str, problem: str) -> None:
+def test_bad_replay_specs_are_one_line_errors_and_write_nothing(
+    tmp_path: Path, change: dict, key: str, problem: str
+) -> None:
     write_table(tmp_path)
     spec = replay_spec("grid.csv")
     for k, v in change.items():
@@ -132,8 +158,13 @@ def test_bad_replay_specs_are_one_line_errors_and_write_nothing(tmp_path: Path, 
 def _run(table: Path, params: dict[str, Any], repeats: int = 3) -> dict[str, Any]:
     """The engine's worker-side run, in process (the CLI tests cover the process around it)."""
     events: list[tuple[str, dict]] = []
-    req = TrialRequest(engine="replay", params={"table": str(table), "gpu": "A", "engine": "hf", "model": "m", "max_new_tokens": 5, **params},
-                       model={"id": "m"}, workload={}, repeats=repeats)
+    req = TrialRequest(
+        engine="replay",
+        params={"table": str(table), "gpu": "A", "engine": "hf", "model": "m", "max_new_tokens": 5, **params},
+        model={"id": "m"},
+        workload={},
+        repeats=repeats,
+    )
     out = ReplayEngine().run(req, lambda k, d: events.append((k, d)))
     assert [d["tok_s"] for k, d in events if k == "repeat"] == [r["tok_s"] for r in out["repeats"]]
     return out
@@ -172,7 +203,16 @@ def test_replay_of_the_papers_landscape(tmp_path: Path, shared_data: Path) -> No
     """studies/replay-paper-hf-phi2-a100.yaml through the worker: the values are the table's 5-token rows."""
     root = Path(__file__).resolve().parents[1]
     db = tmp_path / "p.db"
-    res = run_cli("tune", str(root / "studies/replay-paper-hf-phi2-a100.yaml"), "--storage", f"sqlite:///{db}", "--trials", "2", cwd=tmp_path, timeout=300)
+    res = run_cli(
+        "tune",
+        str(root / "studies/replay-paper-hf-phi2-a100.yaml"),
+        "--storage",
+        f"sqlite:///{db}",
+        "--trials",
+        "2",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     study = _study(db)
     assert study.study_name == "replay:Phi-2:A100x8:humaneval-o5"

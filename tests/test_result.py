@@ -18,13 +18,17 @@ def _full() -> EngineResult:
         value=16600.0,
         config=2,
         spread={"median": 16600.0, "min": 16500.0, "max": 16700.0, "stdev": 100.0, "rel_spread": 0.012, "n": 3},
-        repeats=[{"config": 2, "repeat": i, "tokens": 1000, "seconds": 0.06, "tok_s": v}
-                 for i, v in enumerate((16500.0, 16700.0, 16600.0))],
+        repeats=[
+            {"config": 2, "repeat": i, "tokens": 1000, "seconds": 0.06, "tok_s": v}
+            for i, v in enumerate((16500.0, 16700.0, 16600.0))
+        ],
         warmup_s=0.4,
         warmup_tok_s=[11822.0, 16001.0],
         start_s=31.5,
-        resolved={"max_num_seqs": 256,
-                  "goodput_search": {"request_rate": 4.0, "probes": [{"rate": None, "ok": False}]}},
+        resolved={
+            "max_num_seqs": 256,
+            "goodput_search": {"request_rate": 4.0, "probes": [{"rate": None, "ok": False}]},
+        },
         peak_mem_bytes=80 * 2**30,
         metrics={"p99_ttft_ms": 120.0, "completed": 500},
     )
@@ -58,8 +62,15 @@ def test_to_dict_is_json_safe_and_a_copy() -> None:
 
 
 def test_from_dict_ignores_unknown_keys_and_nulls() -> None:
-    d = {"value": 3, "config": "1", "event": "result", "added_by_a_newer_worker": {"x": 1},
-         "metrics": None, "repeats": None, "start_s": 2}
+    d = {
+        "value": 3,
+        "config": "1",
+        "event": "result",
+        "added_by_a_newer_worker": {"x": 1},
+        "metrics": None,
+        "repeats": None,
+        "start_s": 2,
+    }
     res = EngineResult.from_dict(d)
     assert res == EngineResult(value=3.0, config=1, start_s=2.0)
     assert isinstance(res.value, float) and res.metrics == {} and res.repeats == []
@@ -103,8 +114,13 @@ def test_measure_returns_engine_result_with_the_median_of_the_repeats() -> None:
 def test_agent_reads_the_result_event_into_config_result() -> None:
     results = [ConfigResult()]
     _apply(Event("started", {"config": 0, "start_s": 9.0, "resolved": {"port": 1}}), results, {})
-    res = EngineResult(value=40.0, warmup_s=1.0, resolved={"goodput_search": {"request_rate": 2.0}},
-                       metrics={"p99_ttft_ms": 5.0}, peak_mem_bytes=123)
+    res = EngineResult(
+        value=40.0,
+        warmup_s=1.0,
+        resolved={"goodput_search": {"request_rate": 2.0}},
+        metrics={"p99_ttft_ms": 5.0},
+        peak_mem_bytes=123,
+    )
     _apply(Event(RESULT, {**res.to_dict(), "config": 0, "from_the_future": 1}), results, {})
     r = results[0]
     assert r.status == COMPLETE and r.reached

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import SHARED_DATA
 
 from hpo_infer import roofline
 from hpo_infer.model_source import PRESETS
-from conftest import SHARED_DATA
 
 LLAMA_8B = SHARED_DATA / "model-configs" / "llama-3.1-8b.json"
 
@@ -65,7 +65,9 @@ def test_scales_with_gpus_and_peak(llama8b: dict) -> None:
     two = roofline.roofline(llama8b, "A100 80GB", n_gpus=2)
     assert two.compute_tok_s == pytest.approx(2 * one.compute_tok_s)
     assert two.memory_tok_s > one.memory_tok_s
-    assert roofline.roofline(llama8b, "H200").compute_tok_s == pytest.approx(roofline.roofline(llama8b, "H100 SXM").compute_tok_s)
+    assert roofline.roofline(llama8b, "H200").compute_tok_s == pytest.approx(
+        roofline.roofline(llama8b, "H100 SXM").compute_tok_s
+    )
     assert roofline.roofline(llama8b, "H200").memory_tok_s > roofline.roofline(llama8b, "H100 SXM").memory_tok_s
 
 
@@ -76,8 +78,15 @@ def test_memory_bound_binds_on_a_small_slow_card(llama8b: dict) -> None:
 
 
 def test_model_that_does_not_fit_has_zero_bound() -> None:
-    huge = {**PRESETS["tiny-llama"], "hidden_size": 16384, "intermediate_size": 65536, "num_hidden_layers": 120,
-            "num_attention_heads": 128, "num_key_value_heads": 8, "head_dim": 128}
+    huge = {
+        **PRESETS["tiny-llama"],
+        "hidden_size": 16384,
+        "intermediate_size": 65536,
+        "num_hidden_layers": 120,
+        "num_attention_heads": 128,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+    }
     r = roofline.roofline(huge, "L4")
     assert r.max_batch == 0 and r.bound_tok_s == 0.0
 

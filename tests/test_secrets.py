@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import fault_spec, run_cli, write_spec
 from test_postgres import db_text
 
@@ -17,8 +16,12 @@ def test_planted_password_leaks_nowhere(tmp_path: Path, pg_url: str, pg_server: 
     secret = pg_server.password
     assert secret in pg_url
     spec = fault_spec(
-        budget={"trials": 5}, validate_finalists=True,
-        search_space={"x": {"type": "int", "low": 1, "high": 64}, "mode": {"type": "categorical", "choices": ["ok", "oom", "crash_mid"]}},
+        budget={"trials": 5},
+        validate_finalists=True,
+        search_space={
+            "x": {"type": "int", "low": 1, "high": 64},
+            "mode": {"type": "categorical", "choices": ["ok", "oom", "crash_mid"]},
+        },
         sampler={"name": "random", "seed": 4},
     )
     path = write_spec(tmp_path, spec)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-
 from conftest import fault_spec, run_cli, write_spec
 
 
@@ -54,27 +53,91 @@ CASES = [
     ("budget-wrong-type", _set("budget.trials", "many"), ["budget.trials", "integer"]),
     ("repeats-zero", _set("repeats", 0), ["repeats"]),
     ("timeout-string", _set("trial_timeout_s", "ten"), ["trial_timeout_s"]),
-    ("empty-range", _set("search_space.batch_size", {"type": "int", "low": 64, "high": 8}), ["search_space.batch_size", "low (64) > high (8)"]),
-    ("int-float-bound", _set("search_space.batch_size", {"type": "int", "low": 1.5, "high": 8}), ["batch_size", "integer"]),
-    ("log-nonpositive", _set("search_space.batch_size", {"type": "int", "low": 0, "high": 8, "log": True}), ["batch_size", "log"]),
-    ("unknown-param-type", _set("search_space.batch_size", {"type": "integer", "low": 1, "high": 8}), ["search_space.batch_size.type"]),
-    ("unknown-param-key", _set("search_space.batch_size", {"type": "int", "low": 1, "high": 8, "lo": 1}), ["batch_size.lo", "unknown key"]),
-    ("engine-lacks-param", _set("search_space.max_num_seqs", {"type": "int", "low": 1, "high": 8}), ["search_space.max_num_seqs", "has no setting"]),
-    ("bad-choice", _set("search_space.dtype", {"type": "categorical", "choices": ["float32", "int3"]}), ["search_space.dtype", "int3"]),
-    ("empty-choices", _set("search_space.dtype", {"type": "categorical", "choices": []}), ["search_space.dtype", "choices"]),
-    ("below-setting-min", _set("search_space.batch_size", {"type": "int", "low": 0, "high": 8}), ["batch_size", ">= 1"]),
+    (
+        "empty-range",
+        _set("search_space.batch_size", {"type": "int", "low": 64, "high": 8}),
+        ["search_space.batch_size", "low (64) > high (8)"],
+    ),
+    (
+        "int-float-bound",
+        _set("search_space.batch_size", {"type": "int", "low": 1.5, "high": 8}),
+        ["batch_size", "integer"],
+    ),
+    (
+        "log-nonpositive",
+        _set("search_space.batch_size", {"type": "int", "low": 0, "high": 8, "log": True}),
+        ["batch_size", "log"],
+    ),
+    (
+        "unknown-param-type",
+        _set("search_space.batch_size", {"type": "integer", "low": 1, "high": 8}),
+        ["search_space.batch_size.type"],
+    ),
+    (
+        "unknown-param-key",
+        _set("search_space.batch_size", {"type": "int", "low": 1, "high": 8, "lo": 1}),
+        ["batch_size.lo", "unknown key"],
+    ),
+    (
+        "engine-lacks-param",
+        _set("search_space.max_num_seqs", {"type": "int", "low": 1, "high": 8}),
+        ["search_space.max_num_seqs", "has no setting"],
+    ),
+    (
+        "bad-choice",
+        _set("search_space.dtype", {"type": "categorical", "choices": ["float32", "int3"]}),
+        ["search_space.dtype", "int3"],
+    ),
+    (
+        "empty-choices",
+        _set("search_space.dtype", {"type": "categorical", "choices": []}),
+        ["search_space.dtype", "choices"],
+    ),
+    (
+        "below-setting-min",
+        _set("search_space.batch_size", {"type": "int", "low": 0, "high": 8}),
+        ["batch_size", ">= 1"],
+    ),
     ("bad-fixed", _set("fixed", {"dtype": "float8"}), ["fixed.dtype", "float8"]),
     ("fixed-unknown", _set("fixed", {"nonsense": 1}), ["fixed.nonsense", "has no setting"]),
-    ("when-unknown-parent", _set("search_space.torch_compile", {"type": "categorical", "choices": ["off", "default"], "when": {"cache": "static"}}), ["torch_compile.when", "cache"]),
+    (
+        "when-unknown-parent",
+        _set(
+            "search_space.torch_compile",
+            {"type": "categorical", "choices": ["off", "default"], "when": {"cache": "static"}},
+        ),
+        ["torch_compile.when", "cache"],
+    ),
     ("missing-model-file", _set("model", {"synthetic": "nowhere/config.json"}), ["model.synthetic", "no such file"]),
     ("unknown-preset", _set("model", {"synthetic": "gpt-17"}), ["model.synthetic", "unknown preset"]),
     ("two-model-sources", _set("model", {"synthetic": "tiny-llama", "id": "x/y"}), ["model", "exactly one"]),
-    ("missing-workload-file", _set("workload", {"kind": "jsonl", "path": "nope.jsonl", "output_tokens": 4}), ["workload.path", "no such file"]),
-    ("synthetic-no-prompts", _set("workload", {"kind": "synthetic", "input_tokens": 4, "output_tokens": 4}), ["workload", "prompts"]),
+    (
+        "missing-workload-file",
+        _set("workload", {"kind": "jsonl", "path": "nope.jsonl", "output_tokens": 4}),
+        ["workload.path", "no such file"],
+    ),
+    (
+        "synthetic-no-prompts",
+        _set("workload", {"kind": "synthetic", "input_tokens": 4, "output_tokens": 4}),
+        ["workload", "prompts"],
+    ),
     ("bad-workload-kind", _set("workload.kind", "sharegpt"), ["workload.kind"]),
     ("bad-sampler", _set("sampler", {"name": "bayes"}), ["sampler.name"]),
-    ("grid-float-no-step", lambda d: d.update(engine="fault", search_space={"peak": {"type": "float", "low": 1, "high": 2}}, sampler={"name": "grid"}), ["search_space.peak", "step"]),
-    ("cmaes-categorical", lambda d: d.update(search_space={"dtype": {"type": "categorical", "choices": ["float32", "bfloat16"]}}, sampler={"name": "cmaes"}), ["sampler.name", "cmaes"]),
+    (
+        "grid-float-no-step",
+        lambda d: d.update(
+            engine="fault", search_space={"peak": {"type": "float", "low": 1, "high": 2}}, sampler={"name": "grid"}
+        ),
+        ["search_space.peak", "step"],
+    ),
+    (
+        "cmaes-categorical",
+        lambda d: d.update(
+            search_space={"dtype": {"type": "categorical", "choices": ["float32", "bfloat16"]}},
+            sampler={"name": "cmaes"},
+        ),
+        ["sampler.name", "cmaes"],
+    ),
     ("bad-storage-scheme", _set("storage", "mysql://u@h/db"), ["storage", "unsupported database"]),
     ("bad-storage-dir", _set("storage", "sqlite:////no/such/dir/x.db"), ["storage", "does not exist"]),
     ("memory-storage", _set("storage", "sqlite:///:memory:"), ["storage", "in-memory"]),

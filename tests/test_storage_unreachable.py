@@ -18,7 +18,9 @@ def test_unreachable_storage_at_start(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert "retrying for up to 4 s" in res.stderr
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("hpo-infer: storage error: cannot open postgresql://tuner:***@127.0.0.1:1/hpo (retried for 4 s)")
+    assert last.startswith(
+        "hpo-infer: storage error: cannot open postgresql://tuner:***@127.0.0.1:1/hpo (retried for 4 s)"
+    )
     assert "hunter2-secret" not in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
     assert 3.5 < took < 60

@@ -8,10 +8,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-
 from conftest import fault_spec, run_cli, write_spec
-from hpo_infer.spec import space as sp
+
 from hpo_infer.spec import Param
+from hpo_infer.spec import space as sp
 
 
 def _study(db: Path) -> optuna.Study:
@@ -99,7 +99,9 @@ def test_gp_and_cmaes_run(tmp_path: Path, sampler: str) -> None:
 
 
 def test_median_pruner_prunes_bad_trials_but_never_the_baseline(tmp_path: Path) -> None:
-    spec = fault_spec(pruner={"name": "median"}, sampler={"name": "random", "seed": 2}, budget={"trials": 12}, repeats=3)
+    spec = fault_spec(
+        pruner={"name": "median"}, sampler={"name": "random", "seed": 2}, budget={"trials": 12}, repeats=3
+    )
     study, _ = _tune(tmp_path, spec)
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned
@@ -154,7 +156,9 @@ def test_export_errors(tmp_path: Path) -> None:
     study, _ = _tune(tmp_path, fault_spec(budget={"trials": 2}))
     db = f"sqlite:///{tmp_path / 's.db'}"
     r = run_cli("export", "no-such-study", "--storage", db)
-    assert r.returncode == 2 and "no study named 'no-such-study'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (
+        r.returncode == 2 and "no study named 'no-such-study'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    )
     r = run_cli("export", study.study_name, "--storage", db, "--format", "vllm-cli")
     assert r.returncode == 2 and "vllm-cli exports vLLM studies" in r.stderr
 
@@ -162,7 +166,9 @@ def test_export_errors(tmp_path: Path) -> None:
 def test_resuming_a_seeded_study_does_not_repeat_its_start_up_points(tmp_path: Path) -> None:
     """A seeded sampler restarted with the same seed would propose the same points again."""
     spec = fault_spec(
-        sampler={"name": "tpe", "seed": 0}, budget={"trials": 3}, repeats=1,
+        sampler={"name": "tpe", "seed": 0},
+        budget={"trials": 3},
+        repeats=1,
         search_space={"x": {"type": "int", "low": 1, "high": 1024}, "y": {"type": "int", "low": 1, "high": 16}},
     )
     _tune(tmp_path, spec)
@@ -185,8 +191,13 @@ def test_a_re_proposed_point_is_not_measured_again_and_a_measured_space_ends_the
     from hpo_infer.study.trials import ranked
 
     spec = fault_spec(
-        sampler={"name": "tpe", "seed": 0}, budget={"trials": 40}, repeats=1,
-        search_space={"x": {"type": "categorical", "choices": [8, 64]}, "y": {"type": "categorical", "choices": [1, 4]}},
+        sampler={"name": "tpe", "seed": 0},
+        budget={"trials": 40},
+        repeats=1,
+        search_space={
+            "x": {"type": "categorical", "choices": [8, 64]},
+            "y": {"type": "categorical", "choices": [1, 4]},
+        },
     )
     study, res = _tune(tmp_path, spec)
     sampled = [t for t in study.trials if t.user_attrs.get("hpo_infer_role") != "baseline"]
@@ -200,7 +211,9 @@ def test_a_re_proposed_point_is_not_measured_again_and_a_measured_space_ends_the
         assert twin.params == c.params and twin.value == c.value and "wall_s" not in c.user_attrs
         assert c.constraints == twin.constraints
     assert len(study.trials) < 40 and "every point measured" in res.stdout, res.stdout[-2000:]
-    assert f"same settings as trial {copies[0].user_attrs['duplicate_of']}: not measured again" in " ".join(res.stdout.split())
+    assert f"same settings as trial {copies[0].user_attrs['duplicate_of']}: not measured again" in " ".join(
+        res.stdout.split()
+    )
     best = ranked(study)
     assert len({json.dumps(t.params, sort_keys=True) for t in best}) == len(best)
 
@@ -210,8 +223,14 @@ def test_pareto_front_of_throughput_vs_latency_in_report_and_export(tmp_path: Pa
     TPOT with y. The front is the defaults (x=1, y=1) and x in {8, 16, 24} x y in {1, 2}; x=56 and
     y=4 lose on throughput at no latency gain."""
     spec = fault_spec(
-        sampler={"name": "grid"}, budget={"trials": 20}, repeats=1, fixed={"pass_s": 0.02, "latency": "on"},
-        search_space={"x": {"type": "categorical", "choices": [8, 16, 24, 56]}, "y": {"type": "categorical", "choices": [1, 2, 4]}},
+        sampler={"name": "grid"},
+        budget={"trials": 20},
+        repeats=1,
+        fixed={"pass_s": 0.02, "latency": "on"},
+        search_space={
+            "x": {"type": "categorical", "choices": [8, 16, 24, 56]},
+            "y": {"type": "categorical", "choices": [1, 2, 4]},
+        },
     )
     study, _ = _tune(tmp_path, spec)
     db = f"sqlite:///{tmp_path / 's.db'}"

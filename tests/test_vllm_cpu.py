@@ -17,8 +17,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-
 from conftest import ROOT, run_cli, write_spec
+
 from hpo_infer import spec as spec_mod
 from hpo_infer.engines import vllm as V
 from hpo_infer.engines import vllm_check as C
@@ -39,22 +39,46 @@ def _vllm_version() -> str:
 
 # ---- no vLLM needed ---------------------------------------------------------------------------
 def test_cli_flags_as_vllm_serve_takes_them() -> None:
-    flags = V.VLLMEngine.cli_flags({
-        "batch_size": 64, "enforce_eager": True, "enable_chunked_prefill": False, "max_num_seqs": 256,
-        "gpu_memory_utilization": 0.9, "kv_cache_dtype": "fp8", "max_model_len": V.AUTO,
-    })
+    flags = V.VLLMEngine.cli_flags(
+        {
+            "batch_size": 64,
+            "enforce_eager": True,
+            "enable_chunked_prefill": False,
+            "max_num_seqs": 256,
+            "gpu_memory_utilization": 0.9,
+            "kv_cache_dtype": "fp8",
+            "max_model_len": V.AUTO,
+        }
+    )
     assert flags == [
-        "--max-num-seqs", "256", "--gpu-memory-utilization", "0.9", "--no-enable-chunked-prefill",
-        "--enforce-eager", "--kv-cache-dtype", "fp8",
+        "--max-num-seqs",
+        "256",
+        "--gpu-memory-utilization",
+        "0.9",
+        "--no-enable-chunked-prefill",
+        "--enforce-eager",
+        "--kv-cache-dtype",
+        "fp8",
     ]
     assert V.VLLMEngine.cli_flags({"enforce_eager": False}) == ["--no-enforce-eager"]
 
 
 def test_every_setting_but_the_client_batch_is_a_flag() -> None:
     names = {s.name for s in V.VLLMEngine.settings}
-    assert {"max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "block_size", "enable_chunked_prefill",
-            "enable_prefix_caching", "enforce_eager", "kv_cache_dtype", "dtype", "tensor_parallel_size",
-            "max_model_len", "batch_size"} <= names
+    assert {
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "gpu_memory_utilization",
+        "block_size",
+        "enable_chunked_prefill",
+        "enable_prefix_caching",
+        "enforce_eager",
+        "kv_cache_dtype",
+        "dtype",
+        "tensor_parallel_size",
+        "max_model_len",
+        "batch_size",
+    } <= names
     for s in V.VLLMEngine.settings:
         assert (s.flag is None) == (s.name == "batch_size"), s.name
         assert s.flag is None or s.flag == "--" + s.name.replace("_", "-")
@@ -69,7 +93,11 @@ def test_every_setting_but_the_client_batch_is_a_flag() -> None:
         ({"tensor_parallel_size": 2}, 2, None),
         ({"tensor_parallel_size": 1}, 0, None),
         ({"max_num_batched_tokens": 64, "max_num_seqs": 128}, 1, "max_num_batched_tokens (64) < max_num_seqs (128)"),
-        ({"enable_chunked_prefill": False, "max_num_batched_tokens": 2048, "max_model_len": 4096}, 1, "without chunked prefill"),
+        (
+            {"enable_chunked_prefill": False, "max_num_batched_tokens": 2048, "max_model_len": 4096},
+            1,
+            "without chunked prefill",
+        ),
         ({"enable_chunked_prefill": True, "max_num_batched_tokens": 2048, "max_model_len": 4096}, 1, None),
         ({"enable_chunked_prefill": False, "max_num_batched_tokens": 4096, "max_model_len": 4096}, 1, None),
         ({"enable_chunked_prefill": False, "max_num_batched_tokens": 2048}, 1, None),  # context unknown here
@@ -88,10 +116,20 @@ def test_check_known_bad_combinations(params: dict, host_gpus: int, expect: str 
     [
         (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), "infeasible"),
         (ValueError("max_num_batched_tokens (2048) is smaller than max_model_len (131072)"), "infeasible"),
-        (V.VLLMError("ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`",
-                     "ValueError: No available memory for the cache blocks."), "infeasible"),
-        (V.VLLMError("ValueError: Available memory on node 0 (14.86/16.71 GiB) on startup is less than desired",
-                     "ValueError: Available memory on node 0"), "infeasible"),
+        (
+            V.VLLMError(
+                "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`",
+                "ValueError: No available memory for the cache blocks.",
+            ),
+            "infeasible",
+        ),
+        (
+            V.VLLMError(
+                "ValueError: Available memory on node 0 (14.86/16.71 GiB) on startup is less than desired",
+                "ValueError: Available memory on node 0",
+            ),
+            "infeasible",
+        ),
         (V.VLLMError("AssertionError: x (vLLM raised RuntimeError: ...)", "AssertionError: x"), "failed"),
         (RuntimeError("Engine core initialization failed. See root cause above."), "failed"),
         (ConnectionError("driver went away"), "failed"),
@@ -108,7 +146,7 @@ def test_stderr_tail_finds_the_root_cause_a_child_logged(capfd: pytest.CaptureFi
         "print('(EngineCore pid=9) WARNING [base.py:1] ValueError: a warning, not the cause', file=sys.stderr)\n"
         "print('(VllmWorker-0 pid=7) ERROR 11-26 14:48:57 [multiproc_executor.py:953] ValueError: "
         "Available memory on node 0 is less than desired', flush=True)\n"  # vLLM logs to stdout
-        "print('(EngineCore pid=9) ERROR [core.py:1] RuntimeError: Engine core initialization failed.', file=sys.stderr)\n"
+        "print('(EngineCore pid=9) ERROR [core.py:1] RuntimeError: Engine core initialization failed.', file=sys.stderr)\n"  # noqa: E501
     )
     with V._StderrTail() as tail:
         subprocess.run([sys.executable, "-c", child], check=True)
@@ -212,8 +250,14 @@ def test_check_module_uses_vllms_parser_and_config_constraints() -> None:
         {"name": "gpu_memory_utilization", "value": 1.0, "args": ["--gpu-memory-utilization", "1.0"]},
         {"name": "block_size", "value": 16, "args": ["--block-size", "16"]},
     ]
-    r = subprocess.run([sys.executable, "-m", "hpo_infer.engines.vllm_check"], input=json.dumps(probes),
-                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "hpo_infer.engines.vllm_check"],
+        input=json.dumps(probes),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     answer = json.loads(r.stdout.strip().splitlines()[-1])
     assert answer["version"] == _vllm_version()
@@ -237,8 +281,14 @@ def test_real_vllm_study_on_cpu(tmp_path: Path) -> None:
     }
     # torch.compile on 2 cores takes 50-130 s per new config; eager keeps two engine starts short.
     raw["fixed"]["enforce_eager"] = True
-    raw.update(budget={"trials": 2}, repeats=2, trial_timeout_s=240, validate_finalists=False,
-               sampler={"name": "random", "seed": 1}, storage=f"sqlite:///{tmp_path}/study.db")
+    raw.update(
+        budget={"trials": 2},
+        repeats=2,
+        trial_timeout_s=240,
+        validate_finalists=False,
+        sampler={"name": "random", "seed": 1},
+        storage=f"sqlite:///{tmp_path}/study.db",
+    )
     spec_file = write_spec(tmp_path, raw)
 
     r = run_cli("tune", str(spec_file), timeout=600)
@@ -262,8 +312,17 @@ def test_real_vllm_study_on_cpu(tmp_path: Path) -> None:
     assert base.user_attrs["hpo_infer_role"] == "baseline"
     res = base.user_attrs["resolved"]
     # What "default" meant: the values vLLM picked for this host, read back after start-up.
-    for key in ("max_num_seqs", "max_num_batched_tokens", "block_size", "num_gpu_blocks", "kv_cache_tokens", "dtype",
-                "max_model_len", "gpu_memory_utilization", "cudagraph_capture_sizes"):
+    for key in (
+        "max_num_seqs",
+        "max_num_batched_tokens",
+        "block_size",
+        "num_gpu_blocks",
+        "kv_cache_tokens",
+        "dtype",
+        "max_model_len",
+        "gpu_memory_utilization",
+        "cudagraph_capture_sizes",
+    ):
         assert key in res, key
     assert res["max_num_seqs"] > 16 and res["num_gpu_blocks"] > 0 and res["batch_size"] == 32
     assert res["kv_cache_tokens"] == res["num_gpu_blocks"] * res["block_size"]
@@ -284,7 +343,9 @@ def test_real_vllm_study_on_cpu(tmp_path: Path) -> None:
 def test_fleet_worker_runs_the_same_preflight(tmp_path: Path) -> None:
     """`hpo-infer worker` checks vLLM settings before its agents start, like `tune`."""
     spec_file = _bad_dtype_spec(tmp_path)
-    r = run_cli("worker", str(spec_file), "--agents", "1", env={"HPO_INFER_CACHE": str(tmp_path / "cache")}, timeout=300)
+    r = run_cli(
+        "worker", str(spec_file), "--agents", "1", env={"HPO_INFER_CACHE": str(tmp_path / "cache")}, timeout=300
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "search_space.kv_cache_dtype" in r.stderr and "rejects 'fp7'" in r.stderr
     assert "Traceback" not in r.stderr

@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-
 from conftest import ROOT, run_cli, write_spec
+
 from hpo_infer import spec as spec_mod
 from hpo_infer.engines import engine_class
 from hpo_infer.engines.base import AUTO
@@ -47,18 +47,36 @@ def test_the_study_spec_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "change, where, what",
     [
-        (lambda r: r["objective"]["slo"].update(p99_foo_ms=5), "objective.slo.p99_foo_ms",
-         "engine 'vllm-serve' has no metric 'p99_foo_ms' (it measures: mean_ttft_ms"),
-        (lambda r: r["objective"]["slo"].update(p99_ttft_ms=0), "objective.slo.p99_ttft_ms", "a target must be > 0, got 0"),
-        (lambda r: r.update(engine="vllm", fixed={}, search_space={"max_num_seqs": {"type": "int", "low": 1, "high": 4}}),
-         "objective.slo.p99_ttft_ms", "it measures throughput only; serving engines: vllm-serve"),
+        (
+            lambda r: r["objective"]["slo"].update(p99_foo_ms=5),
+            "objective.slo.p99_foo_ms",
+            "engine 'vllm-serve' has no metric 'p99_foo_ms' (it measures: mean_ttft_ms",
+        ),
+        (
+            lambda r: r["objective"]["slo"].update(p99_ttft_ms=0),
+            "objective.slo.p99_ttft_ms",
+            "a target must be > 0, got 0",
+        ),
+        (
+            lambda r: r.update(
+                engine="vllm", fixed={}, search_space={"max_num_seqs": {"type": "int", "low": 1, "high": 4}}
+            ),
+            "objective.slo.p99_ttft_ms",
+            "it measures throughput only; serving engines: vllm-serve",
+        ),
         (lambda r: r["workload"].update(input_tokens=[8, 32]), "workload.input_tokens", "one input length"),
         (lambda r: r["fixed"].update(request_rate=0), "fixed.request_rate", "must be >= 0.001"),
         (lambda r: r["objective"].update(metric="goodput", slo={}), "objective", "metric goodput needs 'slo' targets"),
         (lambda r: r["objective"].update(metric="goodput"), "fixed.request_rate", "searches the request rate itself"),
-        (lambda r: (r["objective"].update(metric="goodput"), r["fixed"].pop("request_rate"),
-                    r.update(engine="vllm", search_space={"max_num_seqs": {"type": "int", "low": 1, "high": 4}})),
-         "objective.metric", "engine 'vllm' has no request rate to search (goodput engines: vllm-serve)"),
+        (
+            lambda r: (
+                r["objective"].update(metric="goodput"),
+                r["fixed"].pop("request_rate"),
+                r.update(engine="vllm", search_space={"max_num_seqs": {"type": "int", "low": 1, "high": 4}}),
+            ),
+            "objective.metric",
+            "engine 'vllm' has no request rate to search (goodput engines: vllm-serve)",
+        ),
     ],
 )
 def test_spec_errors_are_one_line(change, where: str, what: str, tmp_path: Path) -> None:
@@ -83,8 +101,14 @@ def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
     raw["fixed"].pop("request_rate")
     raw["objective"]["slo"] = {"p99_ttft_ms": 600, "p99_tpot_ms": 1000}
     raw["search_space"] = {"max_num_seqs": {"type": "int", "low": 1, "high": 1}}
-    raw.update(budget={"trials": 2}, repeats=1, trial_timeout_s=240, validate_finalists=False,
-               sampler={"name": "random", "seed": 0}, storage=f"sqlite:///{tmp_path}/study.db")
+    raw.update(
+        budget={"trials": 2},
+        repeats=1,
+        trial_timeout_s=240,
+        validate_finalists=False,
+        sampler={"name": "random", "seed": 0},
+        storage=f"sqlite:///{tmp_path}/study.db",
+    )
     spec_file = write_spec(tmp_path, raw)
 
     r = run_cli("tune", str(spec_file), timeout=600)
@@ -128,9 +152,15 @@ def _fake_server(capacity: float, ttft_floor: float = 50.0):
         offered = capacity * 3 if rate in (None, AUTO) else float(rate)
         load = min(offered / capacity, 0.999)
         calls.append(rate)
-        return {"request_throughput": min(offered, capacity), "output_throughput": 32 * min(offered, capacity),
-                "total_output_tokens": 32 * 64, "duration": 64 / min(offered, capacity),
-                "p99_ttft_ms": ttft_floor / (1 - load), "p99_tpot_ms": 10.0, "completed": 64}
+        return {
+            "request_throughput": min(offered, capacity),
+            "output_throughput": 32 * min(offered, capacity),
+            "total_output_tokens": 32 * 64,
+            "duration": 64 / min(offered, capacity),
+            "p99_ttft_ms": ttft_floor / (1 - load),
+            "p99_tpot_ms": 10.0,
+            "completed": 64,
+        }
 
     return bench, calls
 
@@ -141,7 +171,9 @@ def test_goodput_bisects_below_the_saturation_rate() -> None:
     bench, calls = _fake_server(capacity=100.0)
     events: list = []
     # p99 TTFT <= 200 ms holds while load <= 0.75: the goodput rate is 75 req/s.
-    runs, search = _goodput(bench, {}, {"slo": {"p99_ttft_ms": 200.0}, "rate_steps": 4}, 2, lambda k, d: events.append((k, d)))
+    runs, search = _goodput(
+        bench, {}, {"slo": {"p99_ttft_ms": 200.0}, "rate_steps": 4}, 2, lambda k, d: events.append((k, d))
+    )
     assert search["saturation_request_rate"] == 100.0
     assert calls[0] == AUTO and calls[1] == 100.0  # a burst, then Poisson at the saturation rate
     assert [x["meets"] for x in search["probes"]] == [False, False, True, True, False]  # burst, 100, 50, 75, 87.5
@@ -182,8 +214,13 @@ def test_real_goodput_trial_on_cpu(tmp_path: Path) -> None:
     raw["workload"].update(prompts=16, input_tokens=32, output_tokens=32)
     raw["fixed"].pop("request_rate")
     raw["objective"] = {"metric": "goodput", "slo": {"p99_ttft_ms": 600000}, "rate_steps": 2}
-    raw.update(budget={"trials": 1}, repeats=1, trial_timeout_s=240, validate_finalists=False,
-               storage=f"sqlite:///{tmp_path}/study.db")
+    raw.update(
+        budget={"trials": 1},
+        repeats=1,
+        trial_timeout_s=240,
+        validate_finalists=False,
+        storage=f"sqlite:///{tmp_path}/study.db",
+    )
     r = run_cli("tune", str(write_spec(tmp_path, raw)), timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     url = f"sqlite:///{tmp_path}/study.db"
@@ -205,6 +242,12 @@ def test_export_names_the_goodput_bracket() -> None:
     """The exported comment says where the targets were missed: how far a re-run could move the answer."""
     from hpo_infer.reporting.export import _comment
 
-    rec = {"study": "s", "throughput_tok_s": 6000.0, "baseline_tok_s": 4500.0, "verdict": "v", "model_spec": {},
-           "serving": {"slo": {"p99_ttft_ms": 250}, "goodput_request_rate": 59.05, "goodput_missed_request_rate": 78.74}}
+    rec = {
+        "study": "s",
+        "throughput_tok_s": 6000.0,
+        "baseline_tok_s": 4500.0,
+        "verdict": "v",
+        "model_spec": {},
+        "serving": {"slo": {"p99_ttft_ms": 250}, "goodput_request_rate": 59.05, "goodput_missed_request_rate": 78.74},
+    }
     assert "# goodput: 59 req/s met p99_ttft_ms <= 250 (missed them at 78.7 req/s)" in _comment(rec)

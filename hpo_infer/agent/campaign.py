@@ -37,6 +37,7 @@ class Entry:
 
 def _substitute(obj: Any, variables: dict[str, str], src: str, where: str = "") -> Any:
     if isinstance(obj, str):
+
         def repl(m: re.Match[str]) -> str:
             name = m.group(1)
             if name in variables:
@@ -75,7 +76,9 @@ def _cap_gpu_choices(spec: dict[str, Any], host_gpus: int, params: tuple[str, ..
             p["low"] = min(int(p["low"]), p["high"])
 
 
-def load(path: str, variables: dict[str, str] | None = None, host_gpus: int = 0, storage: str | None = None) -> tuple[str, list[Entry]]:
+def load(
+    path: str, variables: dict[str, str] | None = None, host_gpus: int = 0, storage: str | None = None
+) -> tuple[str, list[Entry]]:
     """Read a campaign file and expand it into validated study specs (one line errors, exit 2)."""
     src = str(path)
     p = Path(path)
@@ -114,10 +117,14 @@ def load(path: str, variables: dict[str, str] | None = None, host_gpus: int = 0,
                 if d.get("storage") is None:
                     d.pop("storage")
                 _cap_gpu_choices(d, host_gpus, cap)
-                where = f"{src}: models[{mi}] x engines.{engine}" + (f" x workloads[{wi}]" if len(workloads) > 1 else "")
+                where = f"{src}: models[{mi}] x engines.{engine}" + (
+                    f" x workloads[{wi}]" if len(workloads) > 1 else ""
+                )
                 spec = from_dict(d, where, storage, base_dir=p.parent)
                 key = str(model.get("name") or model.get("synthetic") or model.get("id") or model.get("path"))
-                entries.append(Entry(spec, Path(key).stem if "/" in key or key.endswith(".json") else key, engine, paper_name))
+                entries.append(
+                    Entry(spec, Path(key).stem if "/" in key or key.endswith(".json") else key, engine, paper_name)
+                )
     return name, entries
 
 
@@ -161,7 +168,9 @@ def run(
         progress = Progress()
         if on_study is not None:
             on_study("start", i, len(entries), sname, progress)
-        agent = Agent(e.spec, study, gpus=gpus, host_gpus=started.host_gpus, progress=progress, stop=stop, lock=started.lock)
+        agent = Agent(
+            e.spec, study, gpus=gpus, host_gpus=started.host_gpus, progress=progress, stop=stop, lock=started.lock
+        )
         try:
             agent.run()
         finally:

@@ -24,13 +24,17 @@ AGENT_ENV = "HPO_INFER_AGENT"  # set by the parent for each agent process it sta
 READY_ENV = "HPO_INFER_SCHEMA_READY"  # set by the parent: the schema and the engine were checked, skip them
 
 
-def gpu_groups(gpus: list[int] | None, per_trial: int, agents: int | None, detected: int, visible: list[int] | None) -> list[list[int] | None]:
+def gpu_groups(
+    gpus: list[int] | None, per_trial: int, agents: int | None, detected: int, visible: list[int] | None
+) -> list[list[int] | None]:
     """One entry per agent: the GPUs its trials are pinned to (None: not pinned)."""
     if agents is not None and gpus is not None:
         raise InputError("--agents", "use either --gpus (one agent per GPU group) or --agents (agents without GPUs)")
     if agents is not None:
         if detected:
-            raise InputError("--agents", f"this host has {detected} GPU(s): use --gpus/--gpus-per-trial, one agent per GPU group")
+            raise InputError(
+                "--agents", f"this host has {detected} GPU(s): use --gpus/--gpus-per-trial, one agent per GPU group"
+            )
         return [None] * agents
     if gpus is None:
         if not detected:
@@ -41,7 +45,10 @@ def gpu_groups(gpus: list[int] | None, per_trial: int, agents: int | None, detec
     if len(set(gpus)) != len(gpus):
         raise InputError("--gpus", f"lists a GPU twice: {','.join(map(str, gpus))}")
     if len(gpus) % per_trial:
-        raise InputError("--gpus-per-trial", f"{len(gpus)} GPU(s) ({','.join(map(str, gpus))}) do not split into groups of {per_trial}")
+        raise InputError(
+            "--gpus-per-trial",
+            f"{len(gpus)} GPU(s) ({','.join(map(str, gpus))}) do not split into groups of {per_trial}",
+        )
     return [gpus[i : i + per_trial] for i in range(0, len(gpus), per_trial)]
 
 
@@ -59,7 +66,6 @@ def spec_from_study(url: str, name: str) -> "StudySpec":
     import optuna
 
     from hpo_infer import spec as spec_mod
-
     from hpo_infer.db.storage import connect
 
     storage = connect(url, skip_table_creation=True)
@@ -73,8 +79,9 @@ def spec_from_study(url: str, name: str) -> "StudySpec":
     return spec_mod.from_dict(raw, f"study {name}", storage_override=url)
 
 
-def run_agents(groups: list[list[int] | None], per_trial: int, spec_file: str | None, name: str, url: str,
-               trials: int | None) -> list[str]:
+def run_agents(
+    groups: list[list[int] | None], per_trial: int, spec_file: str | None, name: str, url: str, trials: int | None
+) -> list[str]:
     """One agent process per group, signals passed on to them; what went wrong, one entry an agent."""
     from hpo_infer.trial.process import PR_SET_PDEATHSIG, _prctl
 

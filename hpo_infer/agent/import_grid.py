@@ -47,13 +47,15 @@ def parse_point(text: str, where: str = "--baseline") -> dict[str, Any]:
     return out
 
 
-def grid_trials(spec: "StudySpec", baseline: dict[str, Any] | None = None) -> tuple[list["optuna.trial.FrozenTrial"], Imported]:
+def grid_trials(
+    spec: "StudySpec", baseline: dict[str, Any] | None = None
+) -> tuple[list["optuna.trial.FrozenTrial"], Imported]:
     """One finished trial per point of the spec's space, built without touching storage."""
     import optuna
 
     from hpo_infer import recorded
-    from hpo_infer.spec import space as sp
     from hpo_infer.engines.replay import ReplayEngine, missing_message
+    from hpo_infer.spec import space as sp
     from hpo_infer.study.trials import BASELINE, CONSTRAINT, ROLE
 
     src = spec.source
@@ -65,7 +67,9 @@ def grid_trials(spec: "StudySpec", baseline: dict[str, Any] | None = None) -> tu
     points = sp.grid(space)
     if baseline is not None:
         if set(baseline) != set(space) or not any(_same(baseline, pt) for pt in points):
-            raise InputError("--baseline", f"{recorded.fmt(baseline)} is not a point of the search space ({', '.join(space)})")
+            raise InputError(
+                "--baseline", f"{recorded.fmt(baseline)} is not a point of the search space ({', '.join(space)})"
+            )
     dists = {name: sp.distribution(p) for name, p in space.items()}
     info = Imported(study="")
     trials = []
@@ -83,15 +87,25 @@ def grid_trials(spec: "StudySpec", baseline: dict[str, Any] | None = None) -> tu
         state, value, constraint = optuna.trial.TrialState.COMPLETE, 0.0, 1.0
         if res.status == recorded.FEASIBLE:
             value, constraint = float(res.value), 0.0  # type: ignore[arg-type]
-            attrs.update(status="ok", repeats=res.values, resolved={"table": table.path, "rows": [r.line for r in res.rows], "recorded_tok_s": res.values})
+            attrs.update(
+                status="ok",
+                repeats=res.values,
+                resolved={"table": table.path, "rows": [r.line for r in res.rows], "recorded_tok_s": res.values},
+            )
             info.feasible += 1
         elif res.status == recorded.FAILED:
             state, value = optuna.trial.TrialState.FAIL, None
             attrs.update(status="failed", failure=f"{table.name}: {recorded.fmt(criteria)}: {res.reason}")
             info.failed += 1
         else:
-            reason = res.reason if res.status != recorded.MISSING else missing_message(table, criteria) + "; treated as infeasible"
-            attrs.update(status="infeasible", failure=f"{table.name}: {recorded.fmt(criteria)}: {reason}", launched=False)
+            reason = (
+                res.reason
+                if res.status != recorded.MISSING
+                else missing_message(table, criteria) + "; treated as infeasible"
+            )
+            attrs.update(
+                status="infeasible", failure=f"{table.name}: {recorded.fmt(criteria)}: {reason}", launched=False
+            )
             info.infeasible += 1
         trials.append(
             optuna.trial.create_trial(
@@ -129,12 +143,21 @@ def import_grid(spec: "StudySpec", storage: Any, trials: list["optuna.trial.Froz
 
     existing = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
     if name in existing and KEY in optuna.load_study(study_name=name, storage=storage).user_attrs:
-        raise InputError("STUDY", f"{name!r} already holds an imported grid; import into another --storage or delete the study")
+        raise InputError(
+            "STUDY", f"{name!r} already holds an imported grid; import into another --storage or delete the study"
+        )
     study = create_or_load(spec, storage, name, host)
     study.add_trials(trials)
     info.study = name
     base = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("hpo_infer_role") == "baseline"]
     info.baseline = base[0].number if base else None
-    study.set_user_attr(KEY, {"table": spec.fixed.get("table"), "filters": {k: v for k, v in spec.fixed.items() if k != "table"},
-                              "trials": info.trials, "skipped": len(info.skipped)})
+    study.set_user_attr(
+        KEY,
+        {
+            "table": spec.fixed.get("table"),
+            "filters": {k: v for k, v in spec.fixed.items() if k != "table"},
+            "trials": info.trials,
+            "skipped": len(info.skipped),
+        },
+    )
     return info

@@ -57,13 +57,22 @@ class _NoLock:
     def close(self) -> None: ...
     def __enter__(self) -> "_NoLock":
         return self
+
     def __exit__(self, *exc: Any) -> None: ...
 
 
 class Agent:
-    def __init__(self, spec: "StudySpec", study: optuna.Study, gpus: list[int] | None = None, host_gpus: int = 0,
-                 progress: Progress | None = None, stop: threading.Event | None = None,
-                 lock: "StudyLock | None" = None, recorder: "Recorder | None" = None) -> None:
+    def __init__(
+        self,
+        spec: "StudySpec",
+        study: optuna.Study,
+        gpus: list[int] | None = None,
+        host_gpus: int = 0,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+        lock: "StudyLock | None" = None,
+        recorder: "Recorder | None" = None,
+    ) -> None:
         self.spec = spec
         self.study = study
         self.gpus = gpus
@@ -103,7 +112,9 @@ class Agent:
         if fixed is None:  # the sampler's own proposal (queued trials are measured as asked)
             twin = packs.measured_twin(self.study, members[0])
             if twin is not None:
-                self.progress.update(trial=trial.number, phase=f"same settings as trial {twin.number}: not measured again")
+                self.progress.update(
+                    trial=trial.number, phase=f"same settings as trial {twin.number}: not measured again"
+                )
                 return packs.copy_twin(trial, twin)
         self.progress.update(trial=trial.number, phase="checking")
         runnable = []
@@ -158,7 +169,9 @@ class Agent:
             m.out = out.only(i) if len(members) > 1 else out
             m.engine_started = started
             if len(members) > 1:
-                m.trial.set_user_attr("engine_shared", {"trials": [x.trial.number for x in members], "wall_s": round(out.wall_s, 3)})
+                m.trial.set_user_attr(
+                    "engine_shared", {"trials": [x.trial.number for x in members], "wall_s": round(out.wall_s, 3)}
+                )
 
     def _tell(self, m: packs.Member) -> None:
         """Finish a pack member in the storage, as ``optimize`` finishes the trial it asked for."""
@@ -175,8 +188,11 @@ class Agent:
                 raise
             # Failed as stale by another agent while we measured it (a long database outage):
             # its retry is queued; the rest of the pack goes on.
-            log.warning("trial %d was failed by another agent (stale heartbeat); its retry will run (%s)",
-                        m.trial.number, str(exc)[:200])
+            log.warning(
+                "trial %d was failed by another agent (stale heartbeat); its retry will run (%s)",
+                m.trial.number,
+                str(exc)[:200],
+            )
             return
         for callback in (self._after_trial, NoteCallback()):
             callback(self.study, frozen)
@@ -241,20 +257,30 @@ class Agent:
     def _optimize_one(self) -> None:
         """One trial through Optuna's optimize (it beats for the trial and tells the result)."""
         try:
-            self.study.optimize(self.objective, n_trials=1, catch=(WorkerFailed, Interrupted, Surplus),
-                                callbacks=[self._after_trial, NoteCallback()], gc_after_trial=False)
+            self.study.optimize(
+                self.objective,
+                n_trials=1,
+                catch=(WorkerFailed, Interrupted, Surplus),
+                callbacks=[self._after_trial, NoteCallback()],
+                gc_after_trial=False,
+            )
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError) as exc:
             if not self._taken_over(exc):
                 raise
             # Our heartbeat went stale (say, a database outage longer than the grace period):
             # another agent failed the trial and queued its retry.
             number = self._current.number if self._current is not None else None
-            log.warning("trial %s was failed by another agent (stale heartbeat); its retry will run (%s)",
-                        number, str(exc)[:200])
+            log.warning(
+                "trial %s was failed by another agent (stale heartbeat); its retry will run (%s)",
+                number,
+                str(exc)[:200],
+            )
 
     def _taken_over(self, exc: Exception) -> bool:
         """Whether the trial just run was failed in the storage by someone else before we told it."""
-        told_finished = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith("Cannot tell a ")
+        told_finished = isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or str(exc).startswith(
+            "Cannot tell a "
+        )
         if self._current is None or not told_finished:
             return False
         return optuna_api.stored(self.study, self._current).state == TrialState.FAIL

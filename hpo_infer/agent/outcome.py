@@ -89,8 +89,9 @@ def requeue(study: optuna.Study, trial: optuna.Trial, params: dict[str, Any] | N
 class Outcomes:
     """Finishes trials of one agent: value, constraints, attributes and our measurement rows."""
 
-    def __init__(self, spec: "StudySpec", study: optuna.Study, stop: threading.Event,
-                 recorder: "Recorder | None" = None) -> None:
+    def __init__(
+        self, spec: "StudySpec", study: optuna.Study, stop: threading.Event, recorder: "Recorder | None" = None
+    ) -> None:
         self.spec, self.study, self.stop, self.recorder = spec, study, stop, recorder
 
     def infeasible(self, trial: optuna.Trial, reason: str, launched: bool) -> float:
@@ -158,7 +159,8 @@ class Outcomes:
             "start_s": r.start_s,
             "warmup_s": r.warmup_s,
             "measure_s": round(sum(float(x.get("seconds") or 0) for x in r.repeats), 4) if r.repeats else None,
-            "repeats": [round(float(x["tok_s"]), 3) for x in r.repeats] or [round(float(x["tok_s"]), 3) for x in r.windows],
+            "repeats": [round(float(x["tok_s"]), 3) for x in r.repeats]
+            or [round(float(x["tok_s"]), 3) for x in r.windows],
             "spread": r.spread or None,
             "peak_mem_bytes": r.peak_mem_bytes,
             "env": out.env or None,

@@ -65,7 +65,11 @@ def measured_twin(study: optuna.Study, m: Member) -> FrozenTrial | None:
     points of small discrete spaces (Optuna's FAQ answers it the same way): the earlier
     result stands, as a trial of its own, without a second engine start."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.number != m.trial.number and DUPLICATE_OF not in t.user_attrs and t.user_attrs.get("settings") == m.settings:
+        if (
+            t.number != m.trial.number
+            and DUPLICATE_OF not in t.user_attrs
+            and t.user_attrs.get("settings") == m.settings
+        ):
             return t
     return None
 
@@ -81,7 +85,9 @@ def copy_twin(trial: optuna.Trial, twin: FrozenTrial) -> float:
     return float(twin.value)  # type: ignore[arg-type]
 
 
-def take_pack(study: optuna.Study, spec: "StudySpec", engine: "Engine", fixed: dict[str, Any] | None) -> list[optuna.Trial]:
+def take_pack(
+    study: optuna.Study, spec: "StudySpec", engine: "Engine", fixed: dict[str, Any] | None
+) -> list[optuna.Trial]:
     """Grid points still waiting that differ from this trial's only in client-side settings
     (batch_size...): taken now, under the study lock, to share one engine start with it."""
     limit = spec.trials_per_engine - 1

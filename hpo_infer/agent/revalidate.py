@@ -11,14 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from hpo_infer.study.trials import BASELINE, ROLE, baseline_trial, ranked, settings_of
 from hpo_infer.study.trials import VALIDATION as KEY
 from hpo_infer.study.verdict import describe, verdict
 from hpo_infer.trial.runner import COMPLETE, run_worker
-from hpo_infer.study.trials import BASELINE, ROLE, baseline_trial, ranked, settings_of
 
 if TYPE_CHECKING:
     from hpo_infer.spec import StudySpec
-
 
 
 def candidates(study: optuna.Study) -> list[tuple[str, optuna.trial.FrozenTrial]]:

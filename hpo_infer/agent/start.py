@@ -45,8 +45,14 @@ def host_gpu(gpus: list[int] | None) -> "GPUInfo":
     return gpu
 
 
-def start_study(spec: "StudySpec", gpu: "GPUInfo", name: str | None = None, preflight: bool = True,
-                skip_table_creation: bool = False, storage: Any = None) -> Started:
+def start_study(
+    spec: "StudySpec",
+    gpu: "GPUInfo",
+    name: str | None = None,
+    preflight: bool = True,
+    skip_table_creation: bool = False,
+    storage: Any = None,
+) -> Started:
     """Pre-flight the engine, open the storage (retrying while it is unreachable) and create or
     load the study under its lock. ``preflight=False`` where it already ran on this host
     (a fleet's agent processes); ``storage``: one already opened (a campaign's studies share it)."""

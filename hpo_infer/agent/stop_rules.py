@@ -52,8 +52,9 @@ class StopRules:
         now = time.time()
         return any(t.datetime_start is None or now - t.datetime_start.timestamp() < limit for t in running)
 
-    def reason(self, study: optuna.Study, interrupted: bool,
-               deadline: float | None) -> tuple[str | None, list[FrozenTrial] | None]:
+    def reason(
+        self, study: optuna.Study, interrupted: bool, deadline: float | None
+    ) -> tuple[str | None, list[FrozenTrial] | None]:
         """Why no trial is to be taken (None: take one; WAIT: others still run), and the trials
         that count against the budget (for the progress display; None when not looked at)."""
         if interrupted:
@@ -94,7 +95,9 @@ class StopRules:
                 self._points = set()
         if not self._points:
             return False
-        done = {point_key(t.params) for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(ROLE) != BASELINE}
+        done = {
+            point_key(t.params) for t in trials if t.state == TrialState.COMPLETE and t.user_attrs.get(ROLE) != BASELINE
+        }
         return self._points <= done
 
     def _patience_spent(self, finished: list[FrozenTrial]) -> bool:

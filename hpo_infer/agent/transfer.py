@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from hpo_infer.errors import InputError
 from hpo_infer.study.gains import feasible as _feasible
-from hpo_infer.study.trials import CARRIED, RANK, TRANSFER as KEY, WARM
+from hpo_infer.study.trials import CARRIED, RANK, WARM
+from hpo_infer.study.trials import TRANSFER as KEY
 
 if TYPE_CHECKING:
     import optuna
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
 DEFAULT_CARRY = 3
 
 
-def carry_plan(source: Sequence["optuna.trial.FrozenTrial"], space: dict[str, "Param"], n: int = DEFAULT_CARRY) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def carry_plan(
+    source: Sequence["optuna.trial.FrozenTrial"], space: dict[str, "Param"], n: int = DEFAULT_CARRY
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
     """(params, user attrs) of the source's ``n`` best distinct configs that are points of ``space``.
 
     Best first: rank 0 is the carried-over config, the rest are warm starts.
@@ -60,7 +63,9 @@ def enqueue_carried(target: "optuna.Study", source_name: str, params: dict[str, 
     target.enqueue_trial(params, user_attrs={ROLE: role, "carried_from": source_name, **attrs})
 
 
-def fallback(trials: Sequence["optuna.trial.FrozenTrial"], plan: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+def fallback(
+    trials: Sequence["optuna.trial.FrozenTrial"], plan: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The source's next config to measure when every carried config so far finished without
     running on the new GPU: the paper walks down the old GPU's ranking until one runs."""
     carried = [t for t in trials if RANK in t.user_attrs]
@@ -70,7 +75,9 @@ def fallback(trials: Sequence["optuna.trial.FrozenTrial"], plan: list[tuple[dict
     return plan[nxt] if nxt < len(plan) else None
 
 
-def enqueue_transfer(target: "optuna.Study", spec: "StudySpec", source: "optuna.Study", n: int = DEFAULT_CARRY) -> list[int]:
+def enqueue_transfer(
+    target: "optuna.Study", spec: "StudySpec", source: "optuna.Study", n: int = DEFAULT_CARRY
+) -> list[int]:
     """Baseline, then the carried-over config, then the next best; once per target study."""
     from hpo_infer.agent.loop import enqueue_baseline
 
@@ -86,7 +93,9 @@ def enqueue_transfer(target: "optuna.Study", spec: "StudySpec", source: "optuna.
             "from": source.study_name,
             "from_gpu": source.user_attrs.get("gpu"),
             "to_gpu": target.user_attrs.get("gpu"),
-            "carried": [{"params": p, "source_trial": a["source_trial"], "source_tok_s": a["source_tok_s"]} for p, a in plan],
+            "carried": [
+                {"params": p, "source_trial": a["source_trial"], "source_tok_s": a["source_tok_s"]} for p, a in plan
+            ],
         },
     )
     return [a["source_trial"] for _, a in plan]
@@ -109,7 +118,9 @@ def transfer_agent(spec: "StudySpec", study: "optuna.Study", source: "optuna.Stu
     return TransferAgent(spec, study, **kw)
 
 
-def target_spec(source: "optuna.Study", to_gpu: str, spec_file: str | None, storage_url: str) -> tuple["StudySpec", "GPUInfo"]:
+def target_spec(
+    source: "optuna.Study", to_gpu: str, spec_file: str | None, storage_url: str
+) -> tuple["StudySpec", "GPUInfo"]:
     """The spec of the new study (the source's, or SPEC_FILE's) and the GPU its key names."""
     from hpo_infer import spec as spec_mod
     from hpo_infer.engines import engine_class
@@ -119,26 +130,53 @@ def target_spec(source: "optuna.Study", to_gpu: str, spec_file: str | None, stor
 
     raw = source.user_attrs.get("spec")
     if spec_file is None and not raw:
-        raise InputError("--from", f"study {source.study_name!r} records no spec (not made by hpo-infer tune or import-grid); pass --spec")
-    spec = spec_mod.load(spec_file, storage_url) if spec_file else spec_mod.from_dict(raw, f"study {source.study_name}", storage_url)
+        raise InputError(
+            "--from",
+            f"study {source.study_name!r} records no spec (not made by hpo-infer tune or import-grid); pass --spec",
+        )
+    spec = (
+        spec_mod.load(spec_file, storage_url)
+        if spec_file
+        else spec_mod.from_dict(raw, f"study {source.study_name}", storage_url)
+    )
     where = f"{spec_file or 'source spec'}"
     if spec.engine != source.user_attrs.get("engine"):
-        raise InputError(f"{where}: engine", f"{spec.engine!r} differs from the source study's {source.user_attrs.get('engine')!r}: transfer changes the GPU only")
+        raise InputError(
+            f"{where}: engine",
+            f"{spec.engine!r} differs from the source study's {source.user_attrs.get('engine')!r}"
+            f": transfer changes the GPU only",
+        )
     src_model = source.user_attrs.get("model")
     if src_model is not None and model_label(spec.model.model_dump(exclude_none=True)) != src_model:
-        raise InputError(f"{where}: model", f"differs from the source study's {src_model!r}: transfer changes the GPU only")
+        raise InputError(
+            f"{where}: model", f"differs from the source study's {src_model!r}: transfer changes the GPU only"
+        )
     src_work = source.user_attrs.get("workload")
     if src_work is not None and workload_label(spec.workload.model_dump(exclude_none=True)) != workload_label(src_work):
-        raise InputError(f"{where}: workload", f"differs from the source study's {workload_label(src_work)!r}: transfer changes the GPU only")
+        raise InputError(
+            f"{where}: workload",
+            f"differs from the source study's {workload_label(src_work)!r}: transfer changes the GPU only",
+        )
     engine = engine_class(spec.engine)
     if engine.recorded_gpu(spec) is not None:  # replay: the new GPU is a filter of the recorded table
         if to_gpu == "auto":
-            raise InputError("--to-gpu", f"a {spec.engine} study replays recorded measurements: name the GPU to replay, e.g. --to-gpu V100")
+            raise InputError(
+                "--to-gpu",
+                f"a {spec.engine} study replays recorded measurements: name the GPU to replay, e.g. --to-gpu V100",
+            )
         dumped = spec.model_dump(mode="json", exclude={"storage"})
         dumped["fixed"] = {**dumped["fixed"], "gpu": to_gpu}
         spec = spec_mod.from_dict(dumped, f"--to-gpu {to_gpu}", storage_url)
         return spec, engine.recorded_gpu(spec)  # type: ignore[return-value]
     gpu = detect_gpus()
-    if to_gpu != "auto" and to_gpu.lower() not in (gpu.name.lower(), gpu.label.lower()) and to_gpu.lower() not in gpu.name.lower():
-        raise InputError("--to-gpu", f"this host has {gpu.name}, not {to_gpu}: run transfer on the new GPU's host (trials are measured where they run)")
+    if (
+        to_gpu != "auto"
+        and to_gpu.lower() not in (gpu.name.lower(), gpu.label.lower())
+        and to_gpu.lower() not in gpu.name.lower()
+    ):
+        raise InputError(
+            "--to-gpu",
+            f"this host has {gpu.name}, not {to_gpu}: run transfer on the new GPU's host"
+            f" (trials are measured where they run)",
+        )
     return spec, GPUInfo(gpu.name, gpu.count, gpu.driver, gpu.memory_bytes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+
 import click
 
 from hpo_infer.errors import AgentError, EngineError, HpoInferError, InputError, StorageError

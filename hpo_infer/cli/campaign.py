@@ -18,7 +18,9 @@ from hpo_infer.cli import options
 @options.storage()
 @options.gpus("GPU indices this agent may use, e.g. 0,1 (default: all visible).")
 @click.option("--dry-run", is_flag=True, help="List the studies and their grid sizes; measure nothing.")
-def campaign(campaign_file: str, variables: dict[str, str], storage: str | None, gpus: list[int] | None, dry_run: bool) -> None:
+def campaign(
+    campaign_file: str, variables: dict[str, str], storage: str | None, gpus: list[int] | None, dry_run: bool
+) -> None:
     """Run every study of a CAMPAIGN_FILE (models x engines x workloads), one after another.
 
     Start it on several hosts or GPU groups with one shared --storage and the agents share
@@ -48,10 +50,14 @@ def campaign(campaign_file: str, variables: dict[str, str], storage: str | None,
             console.print(f"[bold]campaign {name}[/bold] study {i + 1}/{total}: {sname}")
         else:
             best = f"{info['best']:,.1f} tok/s" if info["best"] is not None else "no feasible trial"
-            console.print(f"  done: {info['trials']} trials, best {best} ({time.monotonic() - t0:,.0f} s into the campaign)")
+            console.print(
+                f"  done: {info['trials']} trials, best {best} ({time.monotonic() - t0:,.0f} s into the campaign)"
+            )
 
     results = camp.run(name, entries, gpu, gpus, stop, on_study)
-    console.print(f"campaign {name}: {len(results)}/{len(entries)} studies worked through in {time.monotonic() - t0:,.0f} s")
+    console.print(
+        f"campaign {name}: {len(results)}/{len(entries)} studies worked through in {time.monotonic() - t0:,.0f} s"
+    )
     if stop.is_set():
         click.echo("interrupted: run the same command again to resume.", err=True)
         sys.exit(130)

@@ -26,8 +26,10 @@ def compare(studies: tuple[str, ...], storage: str | None, as_json: bool) -> Non
         loaded = [options.resolve_study(s, storage) for s in studies]
     else:
         st = connect(choose(storage))
-        loaded = [optuna.load_study(study_name=s.study_name, storage=st)
-                  for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
+        loaded = [
+            optuna.load_study(study_name=s.study_name, storage=st)
+            for s in optuna.get_all_study_summaries(st, include_best_trial=False)
+        ]
     rows = compare_rows(loaded)
     if as_json:
         click.echo(json.dumps(rows, indent=2, default=str))

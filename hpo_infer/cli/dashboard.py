@@ -21,13 +21,20 @@ HELP = (
 
 @click.command("dashboard", help=HELP)
 @options.storage()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind. Anything but loopback exposes an unauthenticated UI.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind. Anything but loopback exposes an unauthenticated UI.",
+)
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 def dashboard(storage: str | None, host: str, port: int) -> None:
     from hpo_infer.storage_url import choose, mask, normalise
 
     url = choose(storage)
-    exe = shutil.which("optuna-dashboard", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    exe = shutil.which(
+        "optuna-dashboard", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    )
     if exe is None:
         raise InputError("dashboard", "optuna-dashboard is not installed (pip install 'hpo-infer[dashboard]')")
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -10,6 +10,7 @@ import click
 from hpo_infer.cli import options
 from hpo_infer.errors import HpoInferError
 
+
 @click.group("db")
 def db() -> None:
     """Create or migrate the study database (Optuna's tables and ours) before agents start."""

@@ -12,7 +12,9 @@ from hpo_infer.reporting.doctor import FAIL, engine_check, engine_names, gpu_che
 
 @click.command("doctor")
 @options.storage()
-@click.option("--engine", "engines", multiple=True, type=click.Choice(engine_names()), help="Engines to check (default: all).")
+@click.option(
+    "--engine", "engines", multiple=True, type=click.Choice(engine_names()), help="Engines to check (default: all)."
+)
 def doctor(storage: str | None, engines: tuple[str, ...]) -> None:
     """Check GPUs, engines and storage before a long study; one line each, exit 1 on a problem."""
     from hpo_infer.storage_url import choose

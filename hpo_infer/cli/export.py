@@ -12,9 +12,15 @@ from hpo_infer.cli import options
 @click.command()
 @click.argument("study")
 @options.storage()
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json", "vllm-cli", "hf-kwargs"]), default="yaml", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["yaml", "json", "vllm-cli", "hf-kwargs"]), default="yaml", show_default=True
+)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
-@click.option("--pareto", is_flag=True, help="Serving studies: every configuration on the tokens/s vs latency Pareto front, not only the best.")
+@click.option(
+    "--pareto",
+    is_flag=True,
+    help="Serving studies: every configuration on the tokens/s vs latency Pareto front, not only the best.",
+)
 def export(study: str, storage: str | None, fmt: str, out_path: str | None, pareto: bool) -> None:
     """Write the best feasible settings of STUDY (a name or its spec file) for the engine to take as-is."""
     from hpo_infer.db.record import record_export

@@ -24,6 +24,9 @@ def import_grid(spec_file: str, storage: str | None, baseline: str | None) -> No
     click.echo(f"study {info.study}")
     click.echo(f"imported {info.trials} trials: {info.feasible} ok, {info.infeasible} infeasible, {info.failed} failed")
     if info.skipped:
-        click.echo(f"{len(info.skipped)} points of the space have no row and were left out (missing: error), e.g. {info.skipped[0]}")
+        click.echo(
+            f"{len(info.skipped)} points of the space have no row and were left out"
+            f" (missing: error), e.g. {info.skipped[0]}"
+        )
     if info.baseline is not None:
         click.echo(f"baseline: trial {info.baseline}")

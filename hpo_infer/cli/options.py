@@ -51,11 +51,16 @@ def gpus(help: str = "GPU indices this run may use, e.g. 0,1 (default: all visib
 
 
 variables = click.option(
-    "--var", "variables", multiple=True, callback=_pairs,
+    "--var",
+    "variables",
+    multiple=True,
+    callback=_pairs,
     help="NAME=VALUE for ${NAME} in the campaign file (e.g. HUMANEVAL=/data/HumanEval-SingleLineInfilling.jsonl.gz).",
 )
 spec_file = click.argument("spec_file", type=click.Path(dir_okay=False))
-no_validate = click.option("--no-validate", is_flag=True, help="Skip re-measuring best vs baseline vs runner-up at the end.")
+no_validate = click.option(
+    "--no-validate", is_flag=True, help="Skip re-measuring best vs baseline vs runner-up at the end."
+)
 
 
 def resolve_study(study: str, storage_flag: str | None) -> Any:
@@ -77,6 +82,10 @@ def resolve_study(study: str, storage_flag: str | None) -> Any:
     st = connect(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
     if name not in names:
-        hint = f" (studies here: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''})" if names else " (this storage has no study)"
+        hint = (
+            f" (studies here: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''})"
+            if names
+            else " (this storage has no study)"
+        )
         raise InputError("STUDY", f"no study named {name!r}{hint}")
     return optuna.load_study(study_name=name, storage=st)

@@ -13,13 +13,39 @@ from hpo_infer.errors import InputError
 @click.command()
 @click.argument("study", required=False)
 @options.storage()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for summary.md and the PNG plots (default: reports/<study>).")
-@click.option("--campaign", "campaign_file", type=click.Path(dir_okay=False), help="Report a whole campaign (the paper's views) instead of one study.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    help="Folder for summary.md and the PNG plots (default: reports/<study>).",
+)
+@click.option(
+    "--campaign",
+    "campaign_file",
+    type=click.Path(dir_okay=False),
+    help="Report a whole campaign (the paper's views) instead of one study.",
+)
 @options.variables
-@click.option("--paper-data", type=click.Path(dir_okay=False), help="paper-landscapes.csv, to compare with the paper's A100/V100 figures.")
-@click.option("--gpu", "gpu_label", help="With --campaign: the GPU label of the studies to report, as in their names (e.g. H100-80GB-HBM3x1); default: this host's.")
-def report(study: str | None, storage: str | None, out_dir: str | None, campaign_file: str | None, variables: dict[str, str],
-           paper_data: str | None, gpu_label: str | None) -> None:
+@click.option(
+    "--paper-data",
+    type=click.Path(dir_okay=False),
+    help="paper-landscapes.csv, to compare with the paper's A100/V100 figures.",
+)
+@click.option(
+    "--gpu",
+    "gpu_label",
+    help="With --campaign: the GPU label of the studies to report, as in their names (e.g. H100-80GB-HBM3x1);"
+    " default: this host's.",
+)
+def report(
+    study: str | None,
+    storage: str | None,
+    out_dir: str | None,
+    campaign_file: str | None,
+    variables: dict[str, str],
+    paper_data: str | None,
+    gpu_label: str | None,
+) -> None:
     """Plots (landscape, history, importance) and a Markdown summary of STUDY (a name or its spec file)."""
     if campaign_file:
         files = _campaign(campaign_file, variables, storage, out_dir, paper_data, gpu_label)
@@ -35,8 +61,14 @@ def report(study: str | None, storage: str | None, out_dir: str | None, campaign
         click.echo(f"{kind}: {path}")
 
 
-def _campaign(campaign_file: str, variables: dict[str, str], storage: str | None, out_dir: str | None,
-              paper_data: str | None, gpu_label: str | None) -> dict[str, Path]:
+def _campaign(
+    campaign_file: str,
+    variables: dict[str, str],
+    storage: str | None,
+    out_dir: str | None,
+    paper_data: str | None,
+    gpu_label: str | None,
+) -> dict[str, Path]:
     import optuna
 
     from hpo_infer.agent import campaign as camp

@@ -33,16 +33,18 @@ def tune(spec_file: str, storage: str | None, trials: int | None, gpus: list[int
     install_signal_handlers(stop)
     click.echo(f"study {started.name}")
     click.echo(f"storage {mask(spec.storage)}")
-    agent = Agent(spec, started.study, gpus=gpus, host_gpus=started.host_gpus, progress=Progress(), stop=stop,
-                  lock=started.lock)
+    agent = Agent(
+        spec, started.study, gpus=gpus, host_gpus=started.host_gpus, progress=Progress(), stop=stop, lock=started.lock
+    )
     run_validate_summarise(agent, started.study, spec, gpus, no_validate, stop)
     if stop.is_set():
         click.echo("interrupted: the running trial was ended; run the same command again to resume.", err=True)
         sys.exit(130)
 
 
-def run_validate_summarise(agent: Any, study: Any, spec: Any, gpus: list[int] | None, no_validate: bool,
-                           stop: threading.Event) -> None:
+def run_validate_summarise(
+    agent: Any, study: Any, spec: Any, gpus: list[int] | None, no_validate: bool, stop: threading.Event
+) -> None:
     """Run the agent with a progress bar, re-validate the finalists, print baseline vs best."""
     from hpo_infer.cli.ui import print_summary, progress_display
 

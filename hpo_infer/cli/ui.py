@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -67,7 +68,8 @@ def trial_line(t: Any) -> str:
         why = f"(same settings as trial {t.user_attrs['duplicate_of']}: not measured again) {why}"
     role = t.user_attrs.get("hpo_infer_role")
     tag = f" [{role}]" if role else ""
-    return f"trial {t.number}{tag}: {status} {value} {_fmt_settings(t.user_attrs.get('settings', t.params))} {why}".rstrip()
+    settings = _fmt_settings(t.user_attrs.get("settings", t.params))
+    return f"trial {t.number}{tag}: {status} {value} {settings} {why}".rstrip()
 
 
 def _fmt_settings(s: dict[str, Any]) -> str:
@@ -77,8 +79,8 @@ def _fmt_settings(s: dict[str, Any]) -> str:
 def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> None:
     from optuna.trial import TrialState
 
-    from hpo_infer.study.verdict import describe
     from hpo_infer.study.trials import baseline_trial, gain_pct, ranked
+    from hpo_infer.study.verdict import describe
 
     trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}
@@ -87,7 +89,10 @@ def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> N
         if t.state == TrialState.FAIL:
             key = "failed"
         states[key] = states.get(key, 0) + 1
-    console.print(f"[bold]{study.study_name}[/bold]: {len(trials)} trials ({', '.join(f'{v} {k}' for k, v in sorted(states.items()))})")
+    console.print(
+        f"[bold]{study.study_name}[/bold]: {len(trials)} trials "
+        f"({', '.join(f'{v} {k}' for k, v in sorted(states.items()))})"
+    )
     base = baseline_trial(study)
     best_list = ranked(study)
     table = Table(title="baseline vs best")
@@ -101,8 +106,12 @@ def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> N
         sp = t.user_attrs.get("spread") or {}
         gain = f"{gain_pct(t.value, base.value):+.1f}%" if base is not None and base.value else "-"
         table.add_row(
-            role, str(t.number), _fmt_settings(t.user_attrs.get("settings", t.params)), f"{t.value:,.1f}",
-            f"±{sp.get('rel_spread', 0) * 50:.1f}%" if sp else "-", gain,
+            role,
+            str(t.number),
+            _fmt_settings(t.user_attrs.get("settings", t.params)),
+            f"{t.value:,.1f}",
+            f"±{sp.get('rel_spread', 0) * 50:.1f}%" if sp else "-",
+            gain,
         )
     console.print(table)
     if validation:
@@ -134,8 +143,17 @@ def settings_table(engine: Any) -> None:
     for col in ("setting", "type", "default", "allowed", "default search", "help"):
         table.add_column(col)
     for s in engine.settings:
-        allowed = ", ".join(map(str, s.choices)) if s.choices else f"{s.low if s.low is not None else ''}..{s.high if s.high is not None else ''}"
-        table.add_row(*(escape(x) for x in (s.name, s.kind, str(s.default), allowed, json.dumps(s.space) if s.space else "", s.help)))
+        allowed = (
+            ", ".join(map(str, s.choices))
+            if s.choices
+            else f"{s.low if s.low is not None else ''}..{s.high if s.high is not None else ''}"
+        )
+        table.add_row(
+            *(
+                escape(x)
+                for x in (s.name, s.kind, str(s.default), allowed, json.dumps(s.space) if s.space else "", s.help)
+            )
+        )
     console.print(table)
 
 
@@ -145,7 +163,11 @@ def compare_table(rows: list[dict[str, Any]]) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["study"], str(r["engine"]), str(r["model"]), r["gpu"], str(r["trials"]),
+            r["study"],
+            str(r["engine"]),
+            str(r["model"]),
+            r["gpu"],
+            str(r["trials"]),
             f"{r['baseline_tok_s']:,.1f}" if r["baseline_tok_s"] is not None else "-",
             f"{r['best_tok_s']:,.1f}" if r["best_tok_s"] is not None else "-",
             f"{r['gain_pct']:+.1f}%" if r["gain_pct"] is not None else "-",

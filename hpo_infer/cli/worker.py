@@ -22,13 +22,39 @@ if TYPE_CHECKING:
 @click.option("--study", "study", help="Study name. Without SPEC_FILE: run the spec stored in this existing study.")
 @options.storage()
 @options.gpus("GPU indices for this host's agents, e.g. 0,1,2,3 (default: all visible).")
-@click.option("--gpus-per-trial", type=click.IntRange(min=1), default=1, show_default=True, help="GPUs per trial: one agent per group of this many.")
+@click.option(
+    "--gpus-per-trial",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="GPUs per trial: one agent per group of this many.",
+)
 @click.option("--agents", type=click.IntRange(min=1), help="Agents without GPUs (CPU hosts only).")
-@click.option("--trials", type=click.IntRange(min=1), help="Override the spec's trial budget (shared by all agents of the study).")
-@click.option("--heartbeat-interval", type=click.IntRange(min=1), help="Seconds between trial heartbeats [default: $HPO_INFER_HEARTBEAT_S or 10].")
-@click.option("--grace-period", type=click.IntRange(min=2), help="Seconds without heartbeat before a trial is failed and retried by another agent [default: $HPO_INFER_GRACE_S or 3 heartbeats].")
-def worker(spec_file: str | None, study: str | None, storage: str | None, gpus: list[int] | None, gpus_per_trial: int,
-           agents: int | None, trials: int | None, heartbeat_interval: int | None, grace_period: int | None) -> None:
+@click.option(
+    "--trials", type=click.IntRange(min=1), help="Override the spec's trial budget (shared by all agents of the study)."
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.IntRange(min=1),
+    help="Seconds between trial heartbeats [default: $HPO_INFER_HEARTBEAT_S or 10].",
+)
+@click.option(
+    "--grace-period",
+    type=click.IntRange(min=2),
+    help="Seconds without heartbeat before a trial is failed and retried by another agent"
+    " [default: $HPO_INFER_GRACE_S or 3 heartbeats].",
+)
+def worker(
+    spec_file: str | None,
+    study: str | None,
+    storage: str | None,
+    gpus: list[int] | None,
+    gpus_per_trial: int,
+    agents: int | None,
+    trials: int | None,
+    heartbeat_interval: int | None,
+    grace_period: int | None,
+) -> None:
     """Run this host's agents on the study SPEC_FILE describes (or --study NAME), with many hosts at once.
 
     Ctrl-C / SIGTERM: every agent stops taking trials and ends its running one (the trial's
@@ -132,8 +158,15 @@ def _run_one(spec: "StudySpec", name: str, gpu: Any, group: list[int] | None, pr
             click.echo(f"{prefix} {trial_line(t)}")
 
     progress.listeners.append(show)
-    agent = Agent(spec, started.study, gpus=group, host_gpus=len(group) if group else 0, progress=progress, stop=stop,
-                  lock=started.lock)
+    agent = Agent(
+        spec,
+        started.study,
+        gpus=group,
+        host_gpus=len(group) if group else 0,
+        progress=progress,
+        stop=stop,
+        lock=started.lock,
+    )
     click.echo(f"{prefix} started")
     try:
         agent.run()

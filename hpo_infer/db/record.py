@@ -12,15 +12,27 @@ import json
 import socket
 from typing import TYPE_CHECKING, Any, Iterator
 
-from hpo_infer.db.tables import Environment, Export, Measurement
 from hpo_infer.db.retry import call_with_retry
 from hpo_infer.db.storage import engine_kwargs
+from hpo_infer.db.tables import Environment, Export, Measurement
 from hpo_infer.storage_url import mask, normalise
 
 if TYPE_CHECKING:
     from hpo_infer.trial.runner import Outcome
 
-ENV_COLUMNS = ("host", "gpu_name", "gpu_count", "gpu_driver", "gpu_memory_bytes", "cuda", "torch", "engine", "engine_version", "python", "platform")
+ENV_COLUMNS = (
+    "host",
+    "gpu_name",
+    "gpu_count",
+    "gpu_driver",
+    "gpu_memory_bytes",
+    "cuda",
+    "torch",
+    "engine",
+    "engine_version",
+    "python",
+    "platform",
+)
 
 
 def rows(out: "Outcome") -> Iterator[dict[str, Any]]:
@@ -75,10 +87,17 @@ class Recorder:
         env = json.loads(mask(json.dumps(env, sort_keys=True, default=str)))
         fp = hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest()
         values = {c: env.get(c) for c in ENV_COLUMNS}
-        values = {k: (str(v) if v is not None and k not in ("gpu_count", "gpu_memory_bytes") else v) for k, v in values.items()}
+        values = {
+            k: (str(v) if v is not None and k not in ("gpu_count", "gpu_memory_bytes") else v)
+            for k, v in values.items()
+        }
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         # Agents on one host share a fingerprint: insert it once, whoever comes first.
-        session.execute(insert(Environment).values(fingerprint=fp, details=env, **values).on_conflict_do_nothing(index_elements=["fingerprint"]))
+        session.execute(
+            insert(Environment)
+            .values(fingerprint=fp, details=env, **values)
+            .on_conflict_do_nothing(index_elements=["fingerprint"])
+        )
         return session.execute(select(Environment.id).where(Environment.fingerprint == fp)).scalar_one()
 
     def trial(self, study_name: str, trial_number: int, trial_id: int | None, out: "Outcome") -> int:
@@ -91,9 +110,15 @@ class Recorder:
         def write() -> int:
             with Session(self.engine) as s, s.begin():
                 env_id = self._environment_id(s, out.env)
-                s.execute(delete(Measurement).where(Measurement.study_name == study_name, Measurement.trial_number == trial_number))
+                s.execute(
+                    delete(Measurement).where(
+                        Measurement.study_name == study_name, Measurement.trial_number == trial_number
+                    )
+                )
                 s.add_all(
-                    Measurement(study_name=study_name, trial_number=trial_number, trial_id=trial_id, environment_id=env_id, **r)
+                    Measurement(
+                        study_name=study_name, trial_number=trial_number, trial_id=trial_id, environment_id=env_id, **r
+                    )
                     for r in items
                 )
             return len(items)
@@ -144,5 +169,7 @@ def record_export(study: Any, record: dict[str, Any], fmt: str, destination: str
         finally:
             rec.close()
     except Exception as exc:  # noqa: BLE001 - the export itself succeeded; say why it was not recorded
-        return f"export not recorded in the database: {mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
+        return (
+            f"export not recorded in the database: {mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
+        )
     return None

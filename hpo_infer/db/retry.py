@@ -60,7 +60,10 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if isinstance(x, sa_exc.DBAPIError) and x.connection_invalidated:
             return True
-        if type(x).__module__.startswith(("psycopg", "sqlite3")) and type(x).__name__ in ("OperationalError", "InterfaceError"):
+        if type(x).__module__.startswith(("psycopg", "sqlite3")) and type(x).__name__ in (
+            "OperationalError",
+            "InterfaceError",
+        ):
             return True
     return False
 
@@ -92,15 +95,37 @@ def call_with_retry(fn: Callable[[], T], what: str, window_s: float | None = Non
 # Every method Optuna's storage front (_CachedStorage, fail_stale_trials, the heartbeat thread)
 # calls on the RDB backend. tests/test_db.py checks the list covers BaseStorage's methods.
 RETRIED = (
-    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
-    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies",
-    "create_new_trial", "_create_new_trial", "set_trial_param", "_set_trial_param",
-    "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial_param",
-    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-    "get_trial", "get_all_trials", "_get_trials", "get_n_trials", "get_best_trial",
-    "_get_best_trial_id", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
-    "record_heartbeat", "_get_stale_trial_ids",
+    "create_new_study",
+    "delete_study",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_all_studies",
+    "create_new_trial",
+    "_create_new_trial",
+    "set_trial_param",
+    "_set_trial_param",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "set_trial_intermediate_value",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "get_trial",
+    "get_all_trials",
+    "_get_trials",
+    "get_n_trials",
+    "get_best_trial",
+    "_get_best_trial_id",
+    "get_trial_params",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "record_heartbeat",
+    "_get_stale_trial_ids",
 )
 
 

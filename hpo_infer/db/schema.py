@@ -8,13 +8,12 @@ everything at head.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpo_infer.db.tables import TABLES, VERSION_TABLE
 from hpo_infer.db.storage import engine_kwargs
+from hpo_infer.db.tables import TABLES, VERSION_TABLE
 from hpo_infer.storage_url import mask, normalise
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -75,7 +74,9 @@ def state(url: str) -> SchemaState:
     try:
         with engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
-            optuna_rev = MigrationContext.configure(conn).get_current_revision() if "alembic_version" in tables else None
+            optuna_rev = (
+                MigrationContext.configure(conn).get_current_revision() if "alembic_version" in tables else None
+            )
             ours_rev = (
                 MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
                 if VERSION_TABLE in tables
@@ -84,7 +85,9 @@ def state(url: str) -> SchemaState:
             studies = conn.execute(text("SELECT COUNT(*) FROM studies")).scalar() if "studies" in tables else None
     finally:
         engine.dispose()
-    return SchemaState(optuna_rev, _optuna_script().get_current_head(), ours_rev, _our_script().get_current_head(), studies)
+    return SchemaState(
+        optuna_rev, _optuna_script().get_current_head(), ours_rev, _our_script().get_current_head(), studies
+    )
 
 
 def upgrade(url: str) -> tuple[SchemaState, SchemaState]:

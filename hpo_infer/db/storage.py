@@ -44,7 +44,9 @@ def heartbeat_settings() -> tuple[int, int]:
     if grace <= hb:
         from hpo_infer.errors import InputError
 
-        raise InputError("HPO_INFER_GRACE_S", f"grace period ({grace} s) must be longer than the heartbeat interval ({hb} s)")
+        raise InputError(
+            "HPO_INFER_GRACE_S", f"grace period ({grace} s) must be longer than the heartbeat interval ({hb} s)"
+        )
     return hb, grace
 
 
@@ -92,8 +94,11 @@ def connect(url: str, long_job: bool = False, skip_table_creation: bool = False)
 
     window = retry_window_s() if long_job else 0.0
     try:
-        return call_with_retry(lambda: open_storage(url, heartbeat=long_job, skip_table_creation=skip_table_creation),
-                               "opening the storage", window)
+        return call_with_retry(
+            lambda: open_storage(url, heartbeat=long_job, skip_table_creation=skip_table_creation),
+            "opening the storage",
+            window,
+        )
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
         waited = f" (retried for {window:g} s)" if window else ""
         raise StorageError(f"cannot open {mask(url)}{waited}: {mask(str(exc).splitlines()[0])}") from None

@@ -50,7 +50,6 @@ AUTO = "engine-resolved"
 """A default the engine resolves itself at start-up (e.g. vLLM's ``max_num_seqs`` per GPU)."""
 
 
-
 @dataclass(frozen=True)
 class Setting:
     """One tunable engine setting."""

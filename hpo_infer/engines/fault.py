@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hpo_infer.engines.base import Emit, Engine, Setting
 from hpo_infer.measurement.protocol import PHASE, STARTED
@@ -43,8 +43,13 @@ class FaultEngine(Engine):
         Setting("noise", "float", 0.0, low=0.0, high=1.0, help="relative noise on each pass"),
         Setting("max_x", "int", 1024, low=1, high=1024, help="x above this is out of memory"),
         Setting("crash_x", "int", 0, low=0, high=1024, help="the worker dies mid-run at this x (0: never)"),
-        Setting("latency", "categorical", "off", choices=("off", "on"),
-                help="on: report p99 TTFT (20 + 3x ms) and TPOT (4 + y ms), a serving engine's trade-off"),
+        Setting(
+            "latency",
+            "categorical",
+            "off",
+            choices=("off", "on"),
+            help="on: report p99 TTFT (20 + 3x ms) and TPOT (4 + y ms), a serving engine's trade-off",
+        ),
     )
 
     def classify(self, exc: BaseException) -> str:

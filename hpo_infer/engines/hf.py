@@ -38,21 +38,58 @@ class HFEngine(Engine):
     client_side = ("batch_size", "path", "cache_implementation")  # arguments of each generate call
     _kept: tuple[str, Any, Any] | None = None  # (reuse key, tokenizer, model) left loaded
     settings = (
-        Setting("path", "categorical", "pipeline", choices=("pipeline", "generate"),
-                help="pipeline('text-generation') as the paper measured, or model.generate on padded batches"),
-        Setting("batch_size", "int", 1, low=1, high=65536, help="prompts per forward batch (the paper's batch size)",
-                space={"type": "int", "low": 1, "high": 256, "log": True}),
-        Setting("dtype", "categorical", "float32", choices=("float32", "bfloat16", "float16"),
-                space={"type": "categorical", "choices": ["float32", "bfloat16"]}),
-        Setting("attn_implementation", "categorical", "sdpa", choices=("eager", "sdpa", "flash_attention_2"),
-                space={"type": "categorical", "choices": ["eager", "sdpa"]}),
-        Setting("cache_implementation", "categorical", "dynamic", choices=("dynamic", "static"),
-                space={"type": "categorical", "choices": ["dynamic", "static"]}),
-        Setting("torch_compile", "categorical", "off", choices=("off", "default", "reduce-overhead", "max-autotune"),
-                help="torch.compile the forward pass with this mode"),
+        Setting(
+            "path",
+            "categorical",
+            "pipeline",
+            choices=("pipeline", "generate"),
+            help="pipeline('text-generation') as the paper measured, or model.generate on padded batches",
+        ),
+        Setting(
+            "batch_size",
+            "int",
+            1,
+            low=1,
+            high=65536,
+            help="prompts per forward batch (the paper's batch size)",
+            space={"type": "int", "low": 1, "high": 256, "log": True},
+        ),
+        Setting(
+            "dtype",
+            "categorical",
+            "float32",
+            choices=("float32", "bfloat16", "float16"),
+            space={"type": "categorical", "choices": ["float32", "bfloat16"]},
+        ),
+        Setting(
+            "attn_implementation",
+            "categorical",
+            "sdpa",
+            choices=("eager", "sdpa", "flash_attention_2"),
+            space={"type": "categorical", "choices": ["eager", "sdpa"]},
+        ),
+        Setting(
+            "cache_implementation",
+            "categorical",
+            "dynamic",
+            choices=("dynamic", "static"),
+            space={"type": "categorical", "choices": ["dynamic", "static"]},
+        ),
+        Setting(
+            "torch_compile",
+            "categorical",
+            "off",
+            choices=("off", "default", "reduce-overhead", "max-autotune"),
+            help="torch.compile the forward pass with this mode",
+        ),
         Setting("num_gpus", "int", 1, low=1, high=64, help="GPUs the model is spread over (device_map)"),
-        Setting("device_map", "categorical", "auto", choices=("auto", "balanced", "sequential"),
-                help="how layers are placed over num_gpus GPUs (accelerate)"),
+        Setting(
+            "device_map",
+            "categorical",
+            "auto",
+            choices=("auto", "balanced", "sequential"),
+            help="how layers are placed over num_gpus GPUs (accelerate)",
+        ),
     )
 
     def check(self, params: dict[str, Any], host_gpus: int) -> str | None:
@@ -162,8 +199,17 @@ class HFEngine(Engine):
             model.forward = torch.compile(model.forward, mode=p["torch_compile"])
         return tok, model
 
-    def _measure(self, request: "TrialRequest", emit: Emit, p: dict[str, Any], tok: Any, model: Any, device: Any, cuda: bool,
-                 start_s: float) -> "EngineResult":
+    def _measure(
+        self,
+        request: "TrialRequest",
+        emit: Emit,
+        p: dict[str, Any],
+        tok: Any,
+        model: Any,
+        device: Any,
+        cuda: bool,
+        start_s: float,
+    ) -> "EngineResult":
         import torch
 
         from hpo_infer import workload
@@ -220,7 +266,9 @@ class HFEngine(Engine):
         result = measure(run_pass, request.repeats, emit, warmup_pass=warm)
         result.start_s = start_s
         result.peak_mem_bytes = (
-            int(torch.cuda.max_memory_allocated()) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            int(torch.cuda.max_memory_allocated())
+            if cuda
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         )
         return result
 
@@ -240,10 +288,16 @@ def _random_model(auto_cls, config, kwargs: dict[str, Any], cuda: bool, n_gpus: 
     with init_empty_weights():
         model = auto_cls.from_config(config, **kwargs)
     mm = {i: torch.cuda.get_device_properties(i).total_memory * 0.9 for i in range(n_gpus)}
-    placement = infer_auto_device_map(
-        model, max_memory=mm, no_split_module_classes=model._no_split_modules,
-        dtype=kwargs["dtype"],
-    ) if device_map != "sequential" else infer_auto_device_map(model, max_memory=mm, dtype=kwargs["dtype"])
+    placement = (
+        infer_auto_device_map(
+            model,
+            max_memory=mm,
+            no_split_module_classes=model._no_split_modules,
+            dtype=kwargs["dtype"],
+        )
+        if device_map != "sequential"
+        else infer_auto_device_map(model, max_memory=mm, dtype=kwargs["dtype"])
+    )
     for name, param in list(model.named_parameters()):  # buffers (rotary tables) stay as built
         dev = _device_for(name, placement)
         value = torch.empty(param.shape, dtype=param.dtype, device=dev).normal_(0, 0.02)

@@ -16,9 +16,9 @@ A spec names the table and what to replay in ``fixed``; every other key is a tab
 
 A fixed column filters rows (``gpu`` also names the study's GPU); a searched column is tuned.
 ``table``, ``value_column``, ``missing``, ``oom_partial``, ``snap``, ``noise`` and
-``noise_source`` are options of the engine, not columns (``hpo-infer settings replay``). The table is checked when the spec is loaded
-(:meth:`ReplayEngine.prepare_spec`), so a wrong path or filter is a one-line error, not a
-study full of failed trials.
+``noise_source`` are options of the engine, not columns (``hpo-infer settings replay``). The table
+is checked when the spec is loaded (:meth:`ReplayEngine.prepare_spec`), so a wrong path or filter is
+a one-line error, not a study full of failed trials.
 """
 
 from __future__ import annotations
@@ -70,21 +70,56 @@ class ReplayEngine(Engine):
     settings = (
         _Text("table", "text", help="recorded table (CSV, or Parquet with pandas); relative to the spec file"),
         _Text("value_column", "text", recorded.VALUE, help="the table's throughput column"),
-        Setting("missing", "categorical", "error", choices=("error", "infeasible"),
-                help="a configuration with no row: an error naming it, or infeasible (e.g. never run because it did not fit)"),
-        Setting("oom_partial", "categorical", "infeasible", choices=("infeasible", "value"),
-                help="an oom/error row that still carries a throughput: infeasible, or use its value as the paper did"),
-        Setting("snap", "categorical", "exact", choices=("exact", "nearest"),
-                help="nearest: a number between recorded values takes the nearest one (log scale), so an int range "
-                     "(e.g. batch_size 1..1024, log) replays a recorded powers-of-two grid"),
+        Setting(
+            "missing",
+            "categorical",
+            "error",
+            choices=("error", "infeasible"),
+            help="a configuration with no row: an error naming it, or infeasible "
+            "(e.g. never run because it did not fit)",
+        ),
+        Setting(
+            "oom_partial",
+            "categorical",
+            "infeasible",
+            choices=("infeasible", "value"),
+            help="an oom/error row that still carries a throughput: infeasible, or use its value as the paper did",
+        ),
+        Setting(
+            "snap",
+            "categorical",
+            "exact",
+            choices=("exact", "nearest"),
+            help="nearest: a number between recorded values takes the nearest one (log scale), so an int range "
+            "(e.g. batch_size 1..1024, log) replays a recorded powers-of-two grid",
+        ),
         Setting("noise", "float", 0.0, low=0.0, high=1.0, help="relative standard deviation added to each timed pass"),
-        Setting("noise_source", "categorical", "relative", choices=("relative", "recorded"),
-                help="recorded: draw each pass from the configuration's recorded repeats (or its _std column)"),
+        Setting(
+            "noise_source",
+            "categorical",
+            "relative",
+            choices=("relative", "recorded"),
+            help="recorded: draw each pass from the configuration's recorded repeats (or its _std column)",
+        ),
         _Column("gpu", "categorical", AUTO, help="column: the GPU the rows were measured on; names the study's GPU"),
-        Setting("batch_size", "int", 1, low=1, high=1 << 20, help="column: prompts per batch (HF pipeline's default 1)",
-                space={"type": "categorical", "choices": list(PAPER_BATCH_SIZES)}),
-        Setting("num_gpus", "int", 1, low=1, high=1024, help="column: GPUs used (default 1)",
-                space={"type": "categorical", "choices": list(PAPER_NUM_GPUS)}),
+        Setting(
+            "batch_size",
+            "int",
+            1,
+            low=1,
+            high=1 << 20,
+            help="column: prompts per batch (HF pipeline's default 1)",
+            space={"type": "categorical", "choices": list(PAPER_BATCH_SIZES)},
+        ),
+        Setting(
+            "num_gpus",
+            "int",
+            1,
+            low=1,
+            high=1024,
+            help="column: GPUs used (default 1)",
+            space={"type": "categorical", "choices": list(PAPER_NUM_GPUS)},
+        ),
     )
 
     @classmethod
@@ -120,14 +155,29 @@ class ReplayEngine(Engine):
         for key, names in (("fixed", filters), ("search_space", space)):
             for name in names:
                 if name not in table.columns:
-                    hint = " (the replay engine's default search space is the paper's batch_size x num_gpus; give search_space)" if name in ("batch_size", "num_gpus") and key == "search_space" else ""
-                    return f"{key}.{name}", f"is not a column of {table.name} (columns: {', '.join(table.columns)}){hint}"
+                    hint = (
+                        " (the replay engine's default search space is the paper's batch_size x num_gpus;"
+                        " give search_space)"
+                        if name in ("batch_size", "num_gpus") and key == "search_space"
+                        else ""
+                    )
+                    return (
+                        f"{key}.{name}",
+                        f"is not a column of {table.name} (columns: {', '.join(table.columns)}){hint}",
+                    )
         # Engine defaults of columns neither fixed nor searched filter rows too (see run()).
-        implicit = {k: v for k, v in cls.defaults().items() if k in table.columns and k not in OPTIONS and k not in filters and k not in space}
+        implicit = {
+            k: v
+            for k, v in cls.defaults().items()
+            if k in table.columns and k not in OPTIONS and k not in filters and k not in space
+        }
         for name, value in {**filters, **implicit}.items():
             if not table.select({name: value}):
                 why = f" (the replay engine's default; set fixed.{name})" if name in implicit else ""
-                return f"fixed.{name}", f"no row of {table.name} has {name}={value}{why} (it has: {_list(table.values_of(name))})"
+                return (
+                    f"fixed.{name}",
+                    f"no row of {table.name} has {name}={value}{why} (it has: {_list(table.values_of(name))})",
+                )
         filters = {**filters, **implicit}
         rows = table.select(filters)
         if not rows:
@@ -178,14 +228,31 @@ class ReplayEngine(Engine):
         if res.status == recorded.FAILED:
             raise ReplayFailed(f"{table.name}: {recorded.fmt(criteria)}: {res.reason}")
         looked_up = {k: v for k, v in criteria.items() if recorded.norm(v) != recorded.norm(p.get(k))}
-        emit(STARTED, {"start_s": 0.0, "resolved": {"table": table.path, "rows": [r.line for r in res.rows], "recorded_tok_s": res.values,
-                                                    **({"snapped": looked_up} if looked_up else {})}})
+        emit(
+            STARTED,
+            {
+                "start_s": 0.0,
+                "resolved": {
+                    "table": table.path,
+                    "rows": [r.line for r in res.rows],
+                    "recorded_tok_s": res.values,
+                    **({"snapped": looked_up} if looked_up else {}),
+                },
+            },
+        )
         emit(PHASE, {"phase": "measuring"})
         draw = _sampler(res, float(p["noise"]), p["noise_source"])
         rates, records = [], []
         for i in range(request.repeats):
             rate = draw()
-            rec = {"config": 0, "repeat": i, "tokens": max(1, round(rate)), "seconds": 1.0, "tok_s": rate, "windows": []}
+            rec = {
+                "config": 0,
+                "repeat": i,
+                "tokens": max(1, round(rate)),
+                "seconds": 1.0,
+                "tok_s": rate,
+                "windows": [],
+            }
             rates.append(rate)
             records.append(rec)
             emit(REPEAT, rec)
@@ -251,7 +318,9 @@ def missing_message(table: recorded.Table, criteria: dict[str, Any]) -> str:
     return f"{table.name}: no row for the setting combination {recorded.fmt(criteria)}"
 
 
-def _varying_column(table: recorded.Table, rows: list[recorded.Row], filters: dict[str, Any], searched: list[str]) -> tuple[str, str] | None:
+def _varying_column(
+    table: recorded.Table, rows: list[recorded.Row], filters: dict[str, Any], searched: list[str]
+) -> tuple[str, str] | None:
     """A column that is neither filtered nor searched must not vary within one configuration."""
     skip = {*filters, *searched, recorded.STATUS, f"{table.value_column}_std"}
     for col in table.columns:
@@ -261,7 +330,11 @@ def _varying_column(table: recorded.Table, rows: list[recorded.Row], filters: di
         for r in rows:
             groups.setdefault(tuple(r.key(s) for s in searched), set()).add(r.key(col))
         if any(len(v) > 1 for v in groups.values()):
-            return "fixed", f"column {col!r} of {table.name} takes several values ({_list(table.values_of(col, rows))}) for one setting combination: add {col} to fixed to pick one"
+            return (
+                "fixed",
+                f"column {col!r} of {table.name} takes several values ({_list(table.values_of(col, rows))})"
+                f" for one setting combination: add {col} to fixed to pick one",
+            )
     return None
 
 

@@ -54,38 +54,112 @@ class VLLMEngine(Engine):
     import_name = "vllm"
     _kept: tuple[str, Any, Any] | None = None  # (reuse key, LLM, prompts) of the engine left started
     settings = (
-        Setting("max_num_seqs", "int", AUTO, low=1, high=1_000_000, flag="--max-num-seqs",
-                help="most sequences in one scheduler step (vLLM picks it per GPU and usage context)",
-                space={"type": "int", "low": 32, "high": 2048, "log": True}),
-        Setting("max_num_batched_tokens", "int", AUTO, low=1, high=100_000_000, flag="--max-num-batched-tokens",
-                help="token budget of one scheduler step (vLLM picks it per GPU and usage context)",
-                space={"type": "int", "low": 2048, "high": 65536, "log": True}),
-        Setting("gpu_memory_utilization", "float", AUTO, low=0.0, high=1.0, flag="--gpu-memory-utilization",
-                help="share of GPU memory vLLM may take (weights + activations + KV cache); on CPU, of RAM",
-                space={"type": "float", "low": 0.80, "high": 0.95}),
-        Setting("block_size", "int", AUTO, low=1, high=4096, flag="--block-size",
-                help="tokens per KV-cache block (the attention backend decides which it supports)",
-                space={"type": "categorical", "choices": [16, 32, 64]}),
-        Setting("enable_chunked_prefill", "bool", AUTO, flag="--enable-chunked-prefill",
-                help="split long prefills across steps, mixing them with decodes",
-                space={"type": "categorical", "choices": [True, False]}),
-        Setting("enable_prefix_caching", "bool", AUTO, flag="--enable-prefix-caching",
-                help="reuse KV blocks of shared prompt prefixes",
-                space={"type": "categorical", "choices": [True, False]}),
-        Setting("enforce_eager", "bool", False, flag="--enforce-eager",
-                help="true: no CUDA graphs (and no torch.compile on CPU); eager PyTorch only",
-                space={"type": "categorical", "choices": [False, True]}),
+        Setting(
+            "max_num_seqs",
+            "int",
+            AUTO,
+            low=1,
+            high=1_000_000,
+            flag="--max-num-seqs",
+            help="most sequences in one scheduler step (vLLM picks it per GPU and usage context)",
+            space={"type": "int", "low": 32, "high": 2048, "log": True},
+        ),
+        Setting(
+            "max_num_batched_tokens",
+            "int",
+            AUTO,
+            low=1,
+            high=100_000_000,
+            flag="--max-num-batched-tokens",
+            help="token budget of one scheduler step (vLLM picks it per GPU and usage context)",
+            space={"type": "int", "low": 2048, "high": 65536, "log": True},
+        ),
+        Setting(
+            "gpu_memory_utilization",
+            "float",
+            AUTO,
+            low=0.0,
+            high=1.0,
+            flag="--gpu-memory-utilization",
+            help="share of GPU memory vLLM may take (weights + activations + KV cache); on CPU, of RAM",
+            space={"type": "float", "low": 0.80, "high": 0.95},
+        ),
+        Setting(
+            "block_size",
+            "int",
+            AUTO,
+            low=1,
+            high=4096,
+            flag="--block-size",
+            help="tokens per KV-cache block (the attention backend decides which it supports)",
+            space={"type": "categorical", "choices": [16, 32, 64]},
+        ),
+        Setting(
+            "enable_chunked_prefill",
+            "bool",
+            AUTO,
+            flag="--enable-chunked-prefill",
+            help="split long prefills across steps, mixing them with decodes",
+            space={"type": "categorical", "choices": [True, False]},
+        ),
+        Setting(
+            "enable_prefix_caching",
+            "bool",
+            AUTO,
+            flag="--enable-prefix-caching",
+            help="reuse KV blocks of shared prompt prefixes",
+            space={"type": "categorical", "choices": [True, False]},
+        ),
+        Setting(
+            "enforce_eager",
+            "bool",
+            False,
+            flag="--enforce-eager",
+            help="true: no CUDA graphs (and no torch.compile on CPU); eager PyTorch only",
+            space={"type": "categorical", "choices": [False, True]},
+        ),
         # Values are checked against the installed vLLM (its list grows with every release).
-        Setting("kv_cache_dtype", "categorical", "auto", flag="--kv-cache-dtype",
-                help="KV-cache element type (auto = the model dtype; fp8 halves KV memory); any the installed vLLM takes",
-                space={"type": "categorical", "choices": ["auto", "fp8"]}),
-        Setting("dtype", "categorical", "auto", flag="--dtype", help="weights/activations dtype (auto = from the model config); any the installed vLLM takes"),
-        Setting("tensor_parallel_size", "int", 1, low=1, high=1024, flag="--tensor-parallel-size",
-                help="GPUs the model is sharded over"),
-        Setting("max_model_len", "int", AUTO, low=1, high=100_000_000, flag="--max-model-len",
-                help="longest sequence (prompt + output) vLLM accepts; default: the model's context"),
-        Setting("batch_size", "int", AUTO, low=1, high=100_000_000,
-                help="client side: prompts per LLM.generate call (the paper's batch size); default all at once"),
+        Setting(
+            "kv_cache_dtype",
+            "categorical",
+            "auto",
+            flag="--kv-cache-dtype",
+            help="KV-cache element type (auto = the model dtype; fp8 halves KV memory); any the installed vLLM takes",
+            space={"type": "categorical", "choices": ["auto", "fp8"]},
+        ),
+        Setting(
+            "dtype",
+            "categorical",
+            "auto",
+            flag="--dtype",
+            help="weights/activations dtype (auto = from the model config); any the installed vLLM takes",
+        ),
+        Setting(
+            "tensor_parallel_size",
+            "int",
+            1,
+            low=1,
+            high=1024,
+            flag="--tensor-parallel-size",
+            help="GPUs the model is sharded over",
+        ),
+        Setting(
+            "max_model_len",
+            "int",
+            AUTO,
+            low=1,
+            high=100_000_000,
+            flag="--max-model-len",
+            help="longest sequence (prompt + output) vLLM accepts; default: the model's context",
+        ),
+        Setting(
+            "batch_size",
+            "int",
+            AUTO,
+            low=1,
+            high=100_000_000,
+            help="client side: prompts per LLM.generate call (the paper's batch size); default all at once",
+        ),
     )
 
     # ---- agent side ----------------------------------------------------------------------
@@ -99,9 +173,16 @@ class VLLMEngine(Engine):
         max_len = params.get("max_model_len")
         # Without max_model_len the model's context length decides; vLLM's own config check
         # then rejects the pair in the worker, before any GPU memory is taken.
-        if params.get("enable_chunked_prefill") is False and tokens is not None and max_len is not None and tokens < max_len:
-            return (f"max_num_batched_tokens ({tokens}) < max_model_len ({max_len}) without chunked prefill: "
-                    "prompts longer than one step could never be scheduled")
+        if (
+            params.get("enable_chunked_prefill") is False
+            and tokens is not None
+            and max_len is not None
+            and tokens < max_len
+        ):
+            return (
+                f"max_num_batched_tokens ({tokens}) < max_model_len ({max_len}) without chunked prefill: "
+                "prompts longer than one step could never be scheduled"
+            )
         return None
 
     @classmethod
@@ -134,8 +215,11 @@ class VLLMEngine(Engine):
     @classmethod
     def engine_kwargs(cls, settings: dict[str, Any]) -> dict[str, Any]:
         """Settings as ``vllm.LLM`` keyword arguments (the names of vLLM's EngineArgs)."""
-        return {s.name: settings[s.name] for s in cls.settings
-                if s.flag is not None and settings.get(s.name) not in (None, AUTO)}
+        return {
+            s.name: settings[s.name]
+            for s in cls.settings
+            if s.flag is not None and settings.get(s.name) not in (None, AUTO)
+        }
 
     def classify(self, exc: BaseException) -> str:
         text = f"{type(exc).__name__}: {exc}"
@@ -173,7 +257,9 @@ class VLLMEngine(Engine):
 
         p = dict(request.params)
         emit(PHASE, {"phase": "loading"})
-        key = json.dumps([self.reuse_key(p), request.model, request.workload, request.seed], sort_keys=True, default=str)
+        key = json.dumps(
+            [self.reuse_key(p), request.model, request.workload, request.seed], sort_keys=True, default=str
+        )
         try:
             kept = self._kept
             if kept is not None and kept[0] == key:
@@ -192,8 +278,13 @@ class VLLMEngine(Engine):
                 prompts = _prompts(request, llm, path, synthetic)
                 self._kept = (key, llm, prompts)
             bs = int(p.get("batch_size") or len(prompts))
-            resolved = {**_resolved(llm), "batch_size": min(bs, len(prompts)), "vllm_version": vllm.__version__,
-                        "compile_cache": os.environ.get("VLLM_CACHE_ROOT"), "engine_reused": kept is not None and kept[0] == key}
+            resolved = {
+                **_resolved(llm),
+                "batch_size": min(bs, len(prompts)),
+                "vllm_version": vllm.__version__,
+                "compile_cache": os.environ.get("VLLM_CACHE_ROOT"),
+                "engine_reused": kept is not None and kept[0] == key,
+            }
             emit(STARTED, {"start_s": start_s, "resolved": resolved})
 
             n_out = int(request.workload["output_tokens"])
@@ -260,7 +351,13 @@ def _prompts(request: "TrialRequest", llm: Any, path: str, synthetic: bool) -> l
 def _resolved(llm: Any) -> dict[str, Any]:
     """What vLLM actually chose at start-up, read back from its config (names vary by version)."""
     vc = llm.llm_engine.vllm_config
-    sc, cc, mc, pc, comp = vc.scheduler_config, vc.cache_config, vc.model_config, vc.parallel_config, vc.compilation_config
+    sc, cc, mc, pc, comp = (
+        vc.scheduler_config,
+        vc.cache_config,
+        vc.model_config,
+        vc.parallel_config,
+        vc.compilation_config,
+    )
     out: dict[str, Any] = {
         "max_num_seqs": getattr(sc, "max_num_seqs", None),
         "max_num_batched_tokens": getattr(sc, "max_num_batched_tokens", None),

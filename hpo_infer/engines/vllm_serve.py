@@ -50,10 +50,22 @@ class VLLMServeEngine(VLLMEngine):
     name = "vllm-serve"
     rate_search = True  # objective.metric goodput: the worker searches the request rate
     settings = tuple(s for s in VLLMEngine.settings if s.name != "batch_size") + (
-        Setting("request_rate", "float", AUTO, low=0.001, high=1_000_000,
-                help="client side: requests/s, Poisson arrivals (vllm bench serve --request-rate); default: all at once"),
-        Setting("max_concurrency", "int", AUTO, low=1, high=1_000_000,
-                help="client side: most requests in flight (vllm bench serve --max-concurrency); default: no limit"),
+        Setting(
+            "request_rate",
+            "float",
+            AUTO,
+            low=0.001,
+            high=1_000_000,
+            help="client side: requests/s, Poisson arrivals (vllm bench serve --request-rate); default: all at once",
+        ),
+        Setting(
+            "max_concurrency",
+            "int",
+            AUTO,
+            low=1,
+            high=1_000_000,
+            help="client side: most requests in flight (vllm bench serve --max-concurrency); default: no limit",
+        ),
     )
     # Names a result's ``metrics`` carries; ``objective.slo`` may bound any of them.
     metrics = tuple(f"{s}_{m}_ms" for m in _LATENCIES for s in _STATS)
@@ -63,7 +75,10 @@ class VLLMServeEngine(VLLMEngine):
         """The load generator's random dataset takes one input and one output length."""
         w = spec.workload
         if w.kind != "synthetic":
-            return "workload.kind", f"vllm-serve drives synthetic workloads only (vllm bench serve's random dataset), got {w.kind!r}"
+            return (
+                "workload.kind",
+                f"vllm-serve drives synthetic workloads only (vllm bench serve's random dataset), got {w.kind!r}",
+            )
         if not isinstance(w.input_tokens, int):
             return "workload.input_tokens", "vllm-serve takes one input length (an integer), not a [min, max] range"
         return None
@@ -91,8 +106,20 @@ class VLLMServeEngine(VLLMEngine):
         served = "model"
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        cmd = [*_VLLM_CLI, "serve", path, "--host", "127.0.0.1", "--port", str(port), "--served-model-name", served,
-               "--seed", str(request.seed), *self.cli_flags(p)]
+        cmd = [
+            *_VLLM_CLI,
+            "serve",
+            path,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--served-model-name",
+            served,
+            "--seed",
+            str(request.seed),
+            *self.cli_flags(p),
+        ]
         if "synthetic" in request.model:
             cmd += ["--load-format", "dummy"]  # random weights; the folder's tokenizer serves the text
         env = {**os.environ, "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(compile_cache_dir()))}
@@ -102,7 +129,7 @@ class VLLMServeEngine(VLLMEngine):
         try:
             _wait_ready(server, base)
             start_s = time.perf_counter() - t0
-            resolved = {"port": port, "vllm_version": self.version(), "server_args": cmd[len(_VLLM_CLI):]}
+            resolved = {"port": port, "vllm_version": self.version(), "server_args": cmd[len(_VLLM_CLI) :]}
             emit(STARTED, {"start_s": start_s, "resolved": resolved})
             emit(PHASE, {"phase": "measuring"})
             goal = request.extra.get("objective") or {}
@@ -117,7 +144,9 @@ class VLLMServeEngine(VLLMEngine):
                         runs.append(bench(p, r))
                         emit(REPEAT, _repeat_record(runs[-1], r))
             rates = [float(x["output_throughput"]) for x in runs]
-            metrics = {k: statistics.median(float(x[k]) for x in runs) for k in self.metrics if all(k in x for x in runs)}
+            metrics = {
+                k: statistics.median(float(x[k]) for x in runs) for k in self.metrics if all(k in x for x in runs)
+            }
             if goal.get("metric") == "goodput":
                 metrics["goodput_request_rate"] = resolved["goodput_search"]["request_rate"]
             metrics.update(
@@ -144,11 +173,17 @@ class TargetsMissed(ValueError):
 
 
 def _repeat_record(res: dict[str, Any], r: int) -> dict[str, Any]:
-    return {"repeat": r, "tokens": int(res["total_output_tokens"]), "seconds": float(res["duration"]),
-            "tok_s": float(res["output_throughput"])}
+    return {
+        "repeat": r,
+        "tokens": int(res["total_output_tokens"]),
+        "seconds": float(res["duration"]),
+        "tok_s": float(res["output_throughput"]),
+    }
 
 
-def _goodput(bench: Any, p: dict[str, Any], goal: dict[str, Any], repeats: int, emit: Emit) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _goodput(
+    bench: Any, p: dict[str, Any], goal: dict[str, Any], repeats: int, emit: Emit
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The highest request rate whose latencies meet every target, and ``repeats`` runs at it.
 
     Bounded: first all requests at once, which gives the server's saturation rate (no rate
@@ -165,11 +200,22 @@ def _goodput(bench: Any, p: dict[str, Any], goal: dict[str, Any], repeats: int, 
     def probe(rate: float | None) -> tuple[dict[str, Any], bool]:
         res = bench({**p, "request_rate": offered(rate)}, len(probes))
         ok = all(float(res.get(k, float("inf"))) <= v for k, v in slo.items())
-        probes.append({"request_rate": rate, "request_throughput": float(res["request_throughput"]),
-                       "output_tok_s": float(res["output_throughput"]), "meets": ok,
-                       **{k: res.get(k) for k in sorted(slo)}})
-        emit(PHASE, {"phase": f"goodput probe {len(probes)} at {'all at once' if rate is None else f'{rate:.3g} req/s'}: "
-                              f"{'meets' if ok else 'misses'} the targets"})
+        probes.append(
+            {
+                "request_rate": rate,
+                "request_throughput": float(res["request_throughput"]),
+                "output_tok_s": float(res["output_throughput"]),
+                "meets": ok,
+                **{k: res.get(k) for k in sorted(slo)},
+            }
+        )
+        emit(
+            PHASE,
+            {
+                "phase": f"goodput probe {len(probes)} at {'all at once' if rate is None else f'{rate:.3g} req/s'}: "
+                f"{'meets' if ok else 'misses'} the targets"
+            },
+        )
         return res, ok
 
     res, ok = probe(None)
@@ -192,8 +238,11 @@ def _goodput(bench: Any, p: dict[str, Any], goal: dict[str, Any], repeats: int, 
     search["missed_request_rate"] = missed_rate(search)
     if best is None:
         floor = min(x["request_rate"] for x in probes if x["request_rate"] is not None)
-        missed = ", ".join(f"{k} {probes[-1][k]:.1f} > {v:g}" for k, v in sorted(slo.items())
-                           if probes[-1].get(k) is not None and float(probes[-1][k]) > v)
+        missed = ", ".join(
+            f"{k} {probes[-1][k]:.1f} > {v:g}"
+            for k, v in sorted(slo.items())
+            if probes[-1].get(k) is not None and float(probes[-1][k]) > v
+        )
         raise TargetsMissed(f"SLO missed at every request rate down to {floor:.3g} req/s ({missed})")
     _, first, at = best
     runs = [first]
@@ -234,15 +283,47 @@ def _wait_ready(server: subprocess.Popen, base: str) -> None:
         time.sleep(0.5)
 
 
-def _bench(base: str, served: str, tokenizer: str, request: "TrialRequest", p: dict[str, Any], out: Path, r: int) -> dict[str, Any]:
+def _bench(
+    base: str, served: str, tokenizer: str, request: "TrialRequest", p: dict[str, Any], out: Path, r: int
+) -> dict[str, Any]:
     w = request.workload
     name = f"run{r}.json"
-    cmd = [*_VLLM_CLI, "bench", "serve", "--backend", "vllm", "--base-url", base, "--model", served,
-           "--tokenizer", tokenizer, "--dataset-name", "random", "--num-prompts", str(w["prompts"]),
-           "--random-input-len", str(w["input_tokens"]), "--random-output-len", str(w["output_tokens"]),
-           "--ignore-eos", "--seed", str(request.seed + r), "--percentile-metrics", ",".join(_LATENCIES),
-           "--metric-percentiles", _PERCENTILES, "--save-result", "--result-dir", str(out), "--result-filename", name,
-           "--disable-tqdm", "--num-warmups", str(min(4, int(w["prompts"])))]  # first requests after start run cold
+    cmd = [
+        *_VLLM_CLI,
+        "bench",
+        "serve",
+        "--backend",
+        "vllm",
+        "--base-url",
+        base,
+        "--model",
+        served,
+        "--tokenizer",
+        tokenizer,
+        "--dataset-name",
+        "random",
+        "--num-prompts",
+        str(w["prompts"]),
+        "--random-input-len",
+        str(w["input_tokens"]),
+        "--random-output-len",
+        str(w["output_tokens"]),
+        "--ignore-eos",
+        "--seed",
+        str(request.seed + r),
+        "--percentile-metrics",
+        ",".join(_LATENCIES),
+        "--metric-percentiles",
+        _PERCENTILES,
+        "--save-result",
+        "--result-dir",
+        str(out),
+        "--result-filename",
+        name,
+        "--disable-tqdm",
+        "--num-warmups",
+        str(min(4, int(w["prompts"]))),
+    ]  # first requests after start run cold
     if p.get("request_rate") not in (None, AUTO):
         cmd += ["--request-rate", str(p["request_rate"])]
     if p.get("max_concurrency") not in (None, AUTO):

@@ -20,8 +20,8 @@ from typing import Any
 
 import optuna
 
-from hpo_infer.study.verdict import verdict
 from hpo_infer.study.trials import ranked
+from hpo_infer.study.verdict import verdict
 
 GPU_KEYS = ("num_gpus", "tensor_parallel_size")
 PAPER_HW = "A100 / V100 (arXiv 2408.01050, 2024: vLLM 0.4-era, transformers 4.3x-era)"
@@ -108,7 +108,9 @@ def _fmt(v: float | None) -> str:
     return f"{v:,.1f}" if v is not None else "-"
 
 
-def write(entries: list[Any], studies: list[optuna.Study], out_dir: Path, paper_csv: Path | None = None) -> dict[str, Path]:
+def write(
+    entries: list[Any], studies: list[optuna.Study], out_dir: Path, paper_csv: Path | None = None
+) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
     by_model: dict[str, dict[str, list[Point]]] = {}
@@ -116,8 +118,17 @@ def write(entries: list[Any], studies: list[optuna.Study], out_dir: Path, paper_
     for e, st in zip(entries, studies):
         pts = points(st, e.model_key, e.engine)
         by_model.setdefault(e.model_key, {})[e.engine] = pts
-        meta[f"{e.model_key}/{e.engine}"] = {"paper": e.paper_name, "gpu": f"{st.user_attrs.get('gpu')} x{st.user_attrs.get('gpu_count')}", "version": st.user_attrs.get("engine_version"), "study": st.study_name}
-        p = plot_model_engine(pts, f"{e.model_key} / {e.engine} ({meta[f'{e.model_key}/{e.engine}']['gpu']})", out_dir / f"paper_{e.model_key}_{e.engine}.png")
+        meta[f"{e.model_key}/{e.engine}"] = {
+            "paper": e.paper_name,
+            "gpu": f"{st.user_attrs.get('gpu')} x{st.user_attrs.get('gpu_count')}",
+            "version": st.user_attrs.get("engine_version"),
+            "study": st.study_name,
+        }
+        p = plot_model_engine(
+            pts,
+            f"{e.model_key} / {e.engine} ({meta[f'{e.model_key}/{e.engine}']['gpu']})",
+            out_dir / f"paper_{e.model_key}_{e.engine}.png",
+        )
         if p is not None:
             files[f"plot {e.model_key}/{e.engine}"] = p
 
@@ -125,9 +136,13 @@ def write(entries: list[Any], studies: list[optuna.Study], out_dir: Path, paper_
     hw = sorted({m["gpu"] for m in meta.values()})
     vers = sorted({f"{k.split('/')[1]} {m['version']}" for k, m in meta.items()})
     md.append(f"hardware: {', '.join(hw)} · engines: {', '.join(vers)}")
-    md += ["", "## vLLM vs HF at batch 1 and at each engine's best", "",
-           "| model | HF bs1 | vLLM bs1 | vLLM/HF bs1 | HF best | vLLM best | vLLM/HF best | larger than noise? |",
-           "|---|---|---|---|---|---|---|---|"]
+    md += [
+        "",
+        "## vLLM vs HF at batch 1 and at each engine's best",
+        "",
+        "| model | HF bs1 | vLLM bs1 | vLLM/HF bs1 | HF best | vLLM best | vLLM/HF best | larger than noise? |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for model, eng in sorted(by_model.items()):
         hf, vl = eng.get("hf", []), eng.get("vllm", [])
         h1, v1, hb, vb = _best_at(hf, 1), _best_at(vl, 1), _best_at(hf), _best_at(vl)
@@ -137,19 +152,38 @@ def write(entries: list[Any], studies: list[optuna.Study], out_dir: Path, paper_
         if hb and vb:
             v = verdict(vb.repeats, hb.repeats)
             sig = f"{'yes' if v['significant'] else 'no'} (p={v['p_value']:.3g})" if v["p_value"] is not None else "n/a"
-        md.append(f"| {model} | {_fmt(h1.median if h1 else None)} | {_fmt(v1.median if v1 else None)} | {r1} | {_fmt(hb.median if hb else None)} | {_fmt(vb.median if vb else None)} | {rb} | {sig} |")
+        md.append(
+            f"| {model} | {_fmt(h1.median if h1 else None)} | {_fmt(v1.median if v1 else None)} | {r1} "
+            f"| {_fmt(hb.median if hb else None)} | {_fmt(vb.median if vb else None)} | {rb} | {sig} |"
+        )
 
-    md += ["", "## Best configuration per model", "", "| model | engine | tokens/s (median, min-max) | settings |", "|---|---|---|---|"]
+    md += [
+        "",
+        "## Best configuration per model",
+        "",
+        "| model | engine | tokens/s (median, min-max) | settings |",
+        "|---|---|---|---|",
+    ]
     for model, eng in sorted(by_model.items()):
         allp = [p for pts in eng.values() for p in pts]
         b = _best_at(allp)
         if b:
-            md.append(f"| {model} | {b.engine} | {b.median:,.1f} ({b.lo:,.1f}-{b.hi:,.1f}) | `{json.dumps(b.settings, sort_keys=True)}` |")
+            md.append(
+                f"| {model} | {b.engine} | {b.median:,.1f} ({b.lo:,.1f}-{b.hi:,.1f}) "
+                f"| `{json.dumps(b.settings, sort_keys=True)}` |"
+            )
 
     if paper_csv is not None and paper_csv.is_file():
-        md += ["", "## Against the paper's own figures", "",
-               f"ours: {', '.join(hw)} with {', '.join(vers)}; paper: {PAPER_HW}; same workload shape (HumanEval single-line infilling, 5 new tokens) where the campaign used it.", "",
-               "| model (paper name) | engine | ours best | paper A100 best | ours/A100 | paper V100 best | ours/V100 |", "|---|---|---|---|---|---|---|"]
+        md += [
+            "",
+            "## Against the paper's own figures",
+            "",
+            f"ours: {', '.join(hw)} with {', '.join(vers)}; paper: {PAPER_HW};"
+            f" same workload shape (HumanEval single-line infilling, 5 new tokens) where the campaign used it.",
+            "",
+            "| model (paper name) | engine | ours best | paper A100 best | ours/A100 | paper V100 best | ours/V100 |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for model, eng in sorted(by_model.items()):
             for engine, pts in sorted(eng.items()):
                 pn = meta[f"{model}/{engine}"]["paper"]
@@ -158,7 +192,11 @@ def write(entries: list[Any], studies: list[optuna.Study], out_dir: Path, paper_
                     continue
                 pb = paper_best(paper_csv, pn, engine)
                 a, v = pb.get("A100"), pb.get("V100")
-                md.append(f"| {model} ({pn}) | {engine} | {b.median:,.1f} | {_fmt(a)} | {f'{b.median / a:.2f}x' if a else '-'} | {_fmt(v)} | {f'{b.median / v:.2f}x' if v else '-'} |")
+                md.append(
+                    f"| {model} ({pn}) | {engine} | {b.median:,.1f} "
+                    f"| {_fmt(a)} | {f'{b.median / a:.2f}x' if a else '-'} "
+                    f"| {_fmt(v)} | {f'{b.median / v:.2f}x' if v else '-'} |"
+                )
         # The paper's headline: vLLM over HF best, median across models.
         ratios = []
         for model, eng in by_model.items():
@@ -166,16 +204,33 @@ def write(entries: list[Any], studies: list[optuna.Study], out_dir: Path, paper_
             if hb and vb:
                 ratios.append(vb.median / hb.median)
         if ratios:
-            md.append(f"\nmedian vLLM/HF best ratio here: **{statistics.median(ratios):.2f}x** over {len(ratios)} models")
+            md.append(
+                f"\nmedian vLLM/HF best ratio here: **{statistics.median(ratios):.2f}x** over {len(ratios)} models"
+            )
 
     pts_csv = out_dir / "points.csv"
     with open(pts_csv, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["model", "engine", "batch_size", "gpus", "median_tok_s", "min", "max", "repeats", "trial", "settings"])
+        w.writerow(
+            ["model", "engine", "batch_size", "gpus", "median_tok_s", "min", "max", "repeats", "trial", "settings"]
+        )
         for model, eng in sorted(by_model.items()):
             for engine, pts in sorted(eng.items()):
                 for p in sorted(pts, key=lambda p: (p.gpus, p.batch)):
-                    w.writerow([model, engine, p.batch, p.gpus, f"{p.median:.3f}", f"{p.lo:.3f}", f"{p.hi:.3f}", len(p.repeats), p.trial, json.dumps(p.settings, sort_keys=True)])
+                    w.writerow(
+                        [
+                            model,
+                            engine,
+                            p.batch,
+                            p.gpus,
+                            f"{p.median:.3f}",
+                            f"{p.lo:.3f}",
+                            f"{p.hi:.3f}",
+                            len(p.repeats),
+                            p.trial,
+                            json.dumps(p.settings, sort_keys=True),
+                        ]
+                    )
     files["points"] = pts_csv
     md += ["", "## Plots", ""] + [f"![{k}]({p.name})" for k, p in files.items() if p.suffix == ".png"]
     summary = out_dir / "summary.md"

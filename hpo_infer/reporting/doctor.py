@@ -35,7 +35,9 @@ def gpu_checks(min_free_frac: float = 0.1) -> Iterator[Check]:
     try:
         n = pynvml.nvmlDeviceGetCount()
         driver = pynvml.nvmlSystemGetDriverVersion()
-        yield Check(OK if n else WARN, f"{n} NVIDIA GPU(s), driver {driver.decode() if isinstance(driver, bytes) else driver}")
+        yield Check(
+            OK if n else WARN, f"{n} NVIDIA GPU(s), driver {driver.decode() if isinstance(driver, bytes) else driver}"
+        )
         for i in range(n):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             name = pynvml.nvmlDeviceGetName(h)
@@ -80,6 +82,10 @@ def engine_check(engine: str, timeout: float = 180) -> Check:
     return Check(OK, f"engine {engine}: {module} {version} imports")
 
 
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def storage_check(url: str) -> Check:
     from hpo_infer.db import schema
     from hpo_infer.storage_url import mask
@@ -87,9 +93,20 @@ def storage_check(url: str) -> Check:
     try:
         st = schema.state(url)
     except Exception as exc:  # noqa: BLE001 - any driver error is the answer
-        return Check(FAIL, f"storage {mask(url)}: unreachable: {mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)[:200]}")
+        return Check(
+            FAIL,
+            f"storage {mask(url)}: unreachable: {mask(_first_line(exc))[:200]}",
+        )
     if st.studies is None and st.optuna_current is None:
-        return Check(WARN, f"storage {mask(url)}: reachable, empty: run `hpo-infer db upgrade` before starting many agents")
+        return Check(
+            WARN, f"storage {mask(url)}: reachable, empty: run `hpo-infer db upgrade` before starting many agents"
+        )
     if not st.ready:
-        return Check(FAIL, f"storage {mask(url)}: schema not current (optuna {st.optuna_current} of {st.optuna_head}, hpo-infer {st.ours_current} of {st.ours_head}): run `hpo-infer db upgrade`")
-    return Check(OK, f"storage {mask(url)}: reachable and migrated, {st.studies} stud{'y' if st.studies == 1 else 'ies'}")
+        return Check(
+            FAIL,
+            f"storage {mask(url)}: schema not current (optuna {st.optuna_current} of {st.optuna_head}, "
+            f"hpo-infer {st.ours_current} of {st.ours_head}): run `hpo-infer db upgrade`",
+        )
+    return Check(
+        OK, f"storage {mask(url)}: reachable and migrated, {st.studies} stud{'y' if st.studies == 1 else 'ies'}"
+    )

@@ -15,9 +15,9 @@ import yaml
 
 from hpo_infer.engines import engine_class, engine_names
 from hpo_infer.errors import InputError
-from hpo_infer.study.verdict import describe
 from hpo_infer.storage_url import mask
 from hpo_infer.study.trials import VALIDATION, baseline_trial, gain_pct, ranked, settings_of
+from hpo_infer.study.verdict import describe
 
 FORMATS = ("yaml", "json", "vllm-cli", "hf-kwargs")
 
@@ -29,11 +29,19 @@ def front_record(study: optuna.Study) -> dict[str, Any]:
     names = pareto.axes(study)
     best = pareto.front(study, names)
     if not best:
-        raise InputError("--pareto", f"study {study.study_name!r} has no trial with latency metrics ({', '.join(names)}): "
-                                     "serving studies (engine vllm-serve) measure them")
-    return {"study": study.study_name, "engine": study.user_attrs.get("engine"), "model": study.user_attrs.get("model"),
-            "model_spec": study.user_attrs.get("model_spec"), "latency_axes": names,
-            "pareto": [pareto.record(t, names) for t in best]}
+        raise InputError(
+            "--pareto",
+            f"study {study.study_name!r} has no trial with latency metrics ({', '.join(names)}): "
+            "serving studies (engine vllm-serve) measure them",
+        )
+    return {
+        "study": study.study_name,
+        "engine": study.user_attrs.get("engine"),
+        "model": study.user_attrs.get("model"),
+        "model_spec": study.user_attrs.get("model_spec"),
+        "latency_axes": names,
+        "pareto": [pareto.record(t, names) for t in best],
+    }
 
 
 def render_front(rec: dict[str, Any], fmt: str) -> str:
@@ -41,12 +49,18 @@ def render_front(rec: dict[str, Any], fmt: str) -> str:
     if fmt in ("yaml", "json"):
         return render(rec, fmt)
     if fmt != "vllm-cli" or engine_class(rec["engine"]).native_export != "vllm-cli":
-        raise InputError("--format", f"--pareto writes yaml, json or vllm-cli (vLLM studies); got {fmt!r} for engine {rec['engine']!r}")
+        raise InputError(
+            "--format",
+            f"--pareto writes yaml, json or vllm-cli (vLLM studies); got {fmt!r} for engine {rec['engine']!r}",
+        )
     eng = engine_class(rec["engine"])
     lines = [f"# hpo-infer Pareto front of study {rec['study']}: tokens/s vs {', '.join(rec['latency_axes'])}"]
     for p in rec["pareto"]:
         lat = ", ".join(f"{k} {v:.1f}" for k, v in p["latency_ms"].items())
-        lines.append(f"# trial {p['trial']}: {p['throughput_tok_s']:.1f} tok/s, {lat}{'' if p['meets_targets'] else ' (misses the targets)'}")
+        lines.append(
+            f"# trial {p['trial']}: {p['throughput_tok_s']:.1f} tok/s, {lat}"
+            f"{'' if p['meets_targets'] else ' (misses the targets)'}"
+        )
         lines.append(eng.export_native(p["settings"], _model_ref(rec)))
     return "\n".join(lines) + "\n"
 
@@ -88,8 +102,11 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
             "slo": objective.get("slo") or {},
             "goodput_request_rate": metrics.get("goodput_request_rate"),
             "goodput_missed_request_rate": missed_rate(search) if search else None,
-            "goodput_is_saturation": bool(search) and search.get("request_rate") == search.get("saturation_request_rate"),
-            "latency_ms": {k: v for k, v in metrics.items() if k.endswith("_ms") and k.startswith(("p50", "p90", "p99"))},
+            "goodput_is_saturation": bool(search)
+            and search.get("request_rate") == search.get("saturation_request_rate"),
+            "latency_ms": {
+                k: v for k, v in metrics.items() if k.endswith("_ms") and k.startswith(("p50", "p90", "p99"))
+            },
         }
     from hpo_infer.study.gains import summary as transfer_summary
 
@@ -112,7 +129,9 @@ def render(rec: dict[str, Any], fmt: str) -> str:
     native = {engine_class(n).native_export: engine_class(n).title for n in engine_names()}
     if fmt in native:
         if eng.native_export != fmt:
-            raise InputError("--format", f"{fmt} exports {native[fmt]} studies; this study's engine is {rec['engine']!r}")
+            raise InputError(
+                "--format", f"{fmt} exports {native[fmt]} studies; this study's engine is {rec['engine']!r}"
+            )
         text = eng.export_native(rec["settings"], _model_ref(rec)) + "\n"
         return _comment(rec) + text if fmt == "vllm-cli" else text
     raise InputError("--format", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
@@ -133,7 +152,13 @@ def _comment(rec: dict[str, Any]) -> str:
     if serving.get("goodput_request_rate"):
         targets = ", ".join(f"{k} <= {v:g}" for k, v in sorted(serving["slo"].items()))
         missed = serving.get("goodput_missed_request_rate")
-        bracket = f" (missed them at {missed:.3g} req/s)" if missed else " (the saturation rate)" if serving.get("goodput_is_saturation") else ""
+        bracket = (
+            f" (missed them at {missed:.3g} req/s)"
+            if missed
+            else " (the saturation rate)"
+            if serving.get("goodput_is_saturation")
+            else ""
+        )
         lines.append(f"# goodput: {serving['goodput_request_rate']:.3g} req/s met {targets}{bracket}")
     if rec.get("model_spec", {}).get("synthetic") is not None:
         lines.append("# synthetic model: add --load-format dummy, or replace the model with the real one")

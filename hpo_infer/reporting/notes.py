@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 
-
 import optuna
 
 from hpo_infer.storage_url import mask
@@ -26,8 +25,16 @@ def trial_note(t: optuna.trial.FrozenTrial) -> str:
     lines.append("settings: `" + (json.dumps(settings, sort_keys=True) if settings else "engine defaults") + "`")
     if t.value is not None and status == "ok":
         sp = a.get("spread") or {}
-        lines.append(f"throughput: **{t.value:,.1f} tok/s** (median of {sp.get('n', '?')}, min {sp.get('min', 0):,.1f}, max {sp.get('max', 0):,.1f})")
-    for key, label in (("start_s", "engine start"), ("warmup_s", "warm-up"), ("measure_s", "measured"), ("wall_s", "worker wall time")):
+        lines.append(
+            f"throughput: **{t.value:,.1f} tok/s**"
+            f" (median of {sp.get('n', '?')}, min {sp.get('min', 0):,.1f}, max {sp.get('max', 0):,.1f})"
+        )
+    for key, label in (
+        ("start_s", "engine start"),
+        ("warmup_s", "warm-up"),
+        ("measure_s", "measured"),
+        ("wall_s", "worker wall time"),
+    ):
         if a.get(key) is not None:
             lines.append(f"{label}: {float(a[key]):.2f} s")
     if a.get("peak_mem_bytes"):
@@ -77,5 +84,3 @@ class NoteCallback:
         fresh = optuna_api.storage(study).get_trial(optuna_api.trial_id(trial))
         write_trial_note(study, fresh)
         write_study_note(study)
-
-

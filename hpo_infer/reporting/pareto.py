@@ -65,6 +65,11 @@ def front(study: optuna.Study, names: list[str] | None = None) -> list[optuna.tr
 def record(t: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:
     """One front point as export writes it."""
     m = t.user_attrs["metrics"]
-    return {"trial": t.number, "settings": t.user_attrs.get("settings", t.params), "throughput_tok_s": t.value,
-            "latency_ms": {n: m[n] for n in names}, "meets_targets": meets_constraints(t),
-            **({"goodput_request_rate": m["goodput_request_rate"]} if "goodput_request_rate" in m else {})}
+    return {
+        "trial": t.number,
+        "settings": t.user_attrs.get("settings", t.params),
+        "throughput_tok_s": t.value,
+        "latency_ms": {n: m[n] for n in names},
+        "meets_targets": meets_constraints(t),
+        **({"goodput_request_rate": m["goodput_request_rate"]} if "goodput_request_rate" in m else {}),
+    }

@@ -11,9 +11,9 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo_infer.study.verdict import describe
 from hpo_infer.storage_url import mask
 from hpo_infer.study.trials import baseline_trial, gain_pct, ranked
+from hpo_infer.study.verdict import describe
 
 
 def _status(t: optuna.trial.FrozenTrial) -> str:
@@ -67,7 +67,11 @@ def plot_landscape(study: optuna.Study, path: Path) -> Path | None:
     plt = _plt()
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
-        pts = [(t.params[name], t.value, _status(t), t.user_attrs.get("hpo_infer_role")) for t in trials if name in t.params]
+        pts = [
+            (t.params[name], t.value, _status(t), t.user_attrs.get("hpo_infer_role"))
+            for t in trials
+            if name in t.params
+        ]
         cats = not all(isinstance(p[0], (int, float)) and not isinstance(p[0], bool) for p in pts)
         order = sorted({str(p[0]) for p in pts}) if cats else None
         xs = [order.index(str(p[0])) if cats else p[0] for p in pts]
@@ -130,10 +134,23 @@ def plot_pareto(study: optuna.Study, path: Path) -> Path | None:
     miss = [t for t in pts if not meets_constraints(t)]
     ax.scatter([lat(t) for t in ok], [t.value for t in ok], s=24, label="trial (meets targets)")
     if miss:
-        ax.scatter([lat(t) for t in miss], [t.value for t in miss], s=24, marker="x", color="tab:red", label="trial (misses targets)")
+        ax.scatter(
+            [lat(t) for t in miss],
+            [t.value for t in miss],
+            s=24,
+            marker="x",
+            color="tab:red",
+            label="trial (misses targets)",
+        )
     # Rings, not a line: with two latencies the front need not be monotone in the one plotted.
-    ax.scatter([lat(t) for t in best], [t.value for t in best], s=110, facecolors="none", edgecolors="tab:green",
-               label=f"Pareto front ({', '.join(names)})")
+    ax.scatter(
+        [lat(t) for t in best],
+        [t.value for t in best],
+        s=110,
+        facecolors="none",
+        edgecolors="tab:green",
+        label=f"Pareto front ({', '.join(names)})",
+    )
     for t in best:
         ax.annotate(str(t.number), (lat(t), t.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
     slo = pareto.targets(study)
@@ -178,7 +195,15 @@ def compute_bound(study: optuna.Study) -> float | None:
         cfg = synthetic_config(ms)
         inp = wl.get("input_tokens", 128)
         inp = sum(inp) / 2 if isinstance(inp, list) else inp
-        return float(roofline.compute_bound_tok_s(cfg, study.user_attrs["gpu"], int(study.user_attrs.get("gpu_count", 1)), inp, wl.get("output_tokens", 128)))
+        return float(
+            roofline.compute_bound_tok_s(
+                cfg,
+                study.user_attrs["gpu"],
+                int(study.user_attrs.get("gpu_count", 1)),
+                inp,
+                wl.get("output_tokens", 128),
+            )
+        )
     except Exception:  # noqa: BLE001 - an unknown GPU or config: no bound, not a failed report
         return None
 
@@ -190,21 +215,31 @@ def summary_markdown(study: optuna.Study, plots: dict[str, Path | None]) -> str:
     best_list = ranked(study)
     a = study.user_attrs
     out = [f"# {study.study_name}", ""]
-    out.append(f"engine **{a.get('engine')}** {a.get('engine_version') or ''} · model **{a.get('model')}** · GPU **{a.get('gpu')} x{a.get('gpu_count')}**")
+    out.append(
+        f"engine **{a.get('engine')}** {a.get('engine_version') or ''} · model **{a.get('model')}**"
+        f" · GPU **{a.get('gpu')} x{a.get('gpu_count')}**"
+    )
     out.append(f"workload `{json.dumps(a.get('workload'), default=str)}`")
     out.append("")
     out.append(f"{len(trials)} trials: " + ", ".join(f"{n} {k}" for k, n in sorted(by_status.items())))
     out += ["", "| | trial | settings | tokens/s | vs baseline |", "|---|---|---|---|---|"]
-    rows = ([("baseline", base)] if base else []) + [("best" if i == 0 else f"#{i + 1}", t) for i, t in enumerate(best_list[:3])]
+    rows = ([("baseline", base)] if base else []) + [
+        ("best" if i == 0 else f"#{i + 1}", t) for i, t in enumerate(best_list[:3])
+    ]
     for role, t in rows:
         gain = f"{gain_pct(t.value, base.value):+.1f}%" if base and base.value else "-"
-        out.append(f"| {role} | {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` | {t.value:,.1f} | {gain} |")
+        out.append(
+            f"| {role} | {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` "
+            f"| {t.value:,.1f} | {gain} |"
+        )
     if best_list and base and base.value:
         out += ["", f"**gain of best over baseline: {gain_pct(best_list[0].value, base.value):+.1f}%**"]
     out.append(f"re-validation: {describe(a.get('validation'))}")
     bound = compute_bound(study)
     if bound and best_list:
-        out.append(f"compute bound (roofline): {bound:,.0f} tok/s; best is **{best_list[0].value / bound * 100:.1f}%** of it")
+        out.append(
+            f"compute bound (roofline): {bound:,.0f} tok/s; best is **{best_list[0].value / bound * 100:.1f}%** of it"
+        )
     elif best_list:
         out.append("compute bound: n/a (needs a known GPU and model config)")
     if a.get("transfer"):
@@ -227,14 +262,23 @@ def _pareto_section(study: optuna.Study) -> list[str]:
     best = pareto.front(study, names)
     if not best:
         return []
-    out = ["", "## Throughput vs latency (Pareto front)", "",
-           "Measured configurations that no other one beats on tokens/s and on every latency; "
-           "`hpo-infer export --pareto` writes them.", "",
-           "| trial | settings | tokens/s | " + " | ".join(names) + " | meets targets |", "|---" * (len(names) + 4) + "|"]
+    out = [
+        "",
+        "## Throughput vs latency (Pareto front)",
+        "",
+        "Measured configurations that no other one beats on tokens/s and on every latency; "
+        "`hpo-infer export --pareto` writes them.",
+        "",
+        "| trial | settings | tokens/s | " + " | ".join(names) + " | meets targets |",
+        "|---" * (len(names) + 4) + "|",
+    ]
     for t in best:
         m = t.user_attrs["metrics"]
-        out.append(f"| {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` | {t.value:,.1f} | "
-                   + " | ".join(f"{m[n]:,.1f}" for n in names) + f" | {'yes' if meets_constraints(t) else 'no'} |")
+        out.append(
+            f"| {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` | {t.value:,.1f} | "
+            + " | ".join(f"{m[n]:,.1f}" for n in names)
+            + f" | {'yes' if meets_constraints(t) else 'no'} |"
+        )
     return out
 
 
@@ -257,15 +301,17 @@ def compare_rows(studies: list[optuna.Study]) -> list[dict[str, Any]]:
         best = ranked(s)
         base = baseline_trial(s)
         a = s.user_attrs
-        rows.append({
-            "study": s.study_name,
-            "engine": a.get("engine"),
-            "model": a.get("model"),
-            "gpu": f"{a.get('gpu')} x{a.get('gpu_count')}",
-            "trials": len(s.get_trials(deepcopy=False)),
-            "baseline_tok_s": base.value if base else None,
-            "best_tok_s": best[0].value if best else None,
-            "gain_pct": gain_pct(best[0].value, base.value) if best and base and base.value else None,
-            "best_settings": best[0].user_attrs.get("settings", best[0].params) if best else None,
-        })
+        rows.append(
+            {
+                "study": s.study_name,
+                "engine": a.get("engine"),
+                "model": a.get("model"),
+                "gpu": f"{a.get('gpu')} x{a.get('gpu_count')}",
+                "trials": len(s.get_trials(deepcopy=False)),
+                "baseline_tok_s": base.value if base else None,
+                "best_tok_s": best[0].value if best else None,
+                "gain_pct": gain_pct(best[0].value, base.value) if best and base and base.value else None,
+                "best_settings": best[0].user_attrs.get("settings", best[0].params) if best else None,
+            }
+        )
     return rows

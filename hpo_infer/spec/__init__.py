@@ -16,6 +16,15 @@ from hpo_infer.spec.study_spec import (
 )
 
 __all__ = [
-    "BudgetSpec", "ModelSpec", "ObjectiveSpec", "Param", "PrunerSpec", "SamplerSpec", "StudySpec",
-    "WorkloadSpec", "from_dict", "load", "read_yaml",
+    "BudgetSpec",
+    "ModelSpec",
+    "ObjectiveSpec",
+    "Param",
+    "PrunerSpec",
+    "SamplerSpec",
+    "StudySpec",
+    "WorkloadSpec",
+    "from_dict",
+    "load",
+    "read_yaml",
 ]

@@ -6,13 +6,13 @@ import math
 from typing import Any, Literal, Optional
 
 import optuna
-from pydantic import BaseModel, ConfigDict, model_validator
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
     IntDistribution,
 )
+from pydantic import BaseModel, ConfigDict, model_validator
 
 GRID_LIMIT = 100_000
 _STRICT = ConfigDict(extra="forbid", strict=False)
@@ -153,5 +153,3 @@ def contains(space: dict[str, Param], params: dict[str, Any]) -> bool:
         except (ValueError, TypeError):
             return False
     return True
-
-

@@ -225,6 +225,7 @@ def from_dict(
 
 def _resolve_paths(spec: StudySpec, base_dir: Path | None) -> None:
     """Relative file paths in a spec are relative to the spec file; each must exist."""
+
     def fix(value: str, key: str) -> str:
         p = Path(os.path.expanduser(value))
         if not p.is_absolute() and base_dir is not None and not p.exists():
@@ -258,7 +259,9 @@ def _check_engine(spec: StudySpec) -> None:
     from hpo_infer.engines import engine_class, engine_names
 
     if spec.engine not in engine_names():
-        raise InputError(f"{spec.source}: engine", f"unknown engine {spec.engine!r} (one of {', '.join(engine_names())})")
+        raise InputError(
+            f"{spec.source}: engine", f"unknown engine {spec.engine!r} (one of {', '.join(engine_names())})"
+        )
     eng = engine_class(spec.engine)
     if spec.search_space is None:
         spec.search_space = {k: Param.model_validate(v) for k, v in eng.default_space().items()}
@@ -267,7 +270,10 @@ def _check_engine(spec: StudySpec) -> None:
         key = f"{spec.source}: search_space.{name}"
         s = eng.setting(name)
         if s is None:
-            raise InputError(key, f"engine {spec.engine!r} has no setting {name!r} (it has: {', '.join(x.name for x in eng.settings)})")
+            raise InputError(
+                key,
+                f"engine {spec.engine!r} has no setting {name!r} (it has: {', '.join(x.name for x in eng.settings)})",
+            )
         if name in spec.fixed:
             raise InputError(key, "is both searched and in 'fixed'")
         probes = list(p.choices) if p.type == "categorical" else [p.low, p.high]
@@ -306,18 +312,28 @@ def _check_slo(spec: StudySpec) -> None:
     if spec.objective.metric == "goodput":
         if not eng.rate_search:
             has = [n for n in engine_names() if engine_class(n).rate_search]
-            raise InputError(f"{spec.source}: objective.metric", f"engine {spec.engine!r} has no request rate to search (goodput engines: {', '.join(has)})")
+            raise InputError(
+                f"{spec.source}: objective.metric",
+                f"engine {spec.engine!r} has no request rate to search (goodput engines: {', '.join(has)})",
+            )
         if "request_rate" in spec.space() or "request_rate" in spec.fixed:
             where = "search_space.request_rate" if "request_rate" in spec.space() else "fixed.request_rate"
-            raise InputError(f"{spec.source}: {where}", "metric goodput searches the request rate itself: leave request_rate out")
+            raise InputError(
+                f"{spec.source}: {where}", "metric goodput searches the request rate itself: leave request_rate out"
+            )
     for name, target in spec.objective.slo.items():
         if target <= 0:
             raise InputError(f"{spec.source}: objective.slo.{name}", f"a target must be > 0, got {_num(target)}")
         if name not in eng.metrics:
             has = [n for n in engine_names() if engine_class(n).metrics]
-            why = (f"it measures: {', '.join(eng.metrics)}" if eng.metrics
-                   else f"it measures throughput only; serving engines: {', '.join(has)}")
-            raise InputError(f"{spec.source}: objective.slo.{name}", f"engine {spec.engine!r} has no metric {name!r} ({why})")
+            why = (
+                f"it measures: {', '.join(eng.metrics)}"
+                if eng.metrics
+                else f"it measures throughput only; serving engines: {', '.join(has)}"
+            )
+            raise InputError(
+                f"{spec.source}: objective.slo.{name}", f"engine {spec.engine!r} has no metric {name!r} ({why})"
+            )
 
 
 def _check_engine_files(spec: StudySpec, base_dir: Path | None) -> None:
@@ -337,7 +353,9 @@ def _check_sampler(spec: StudySpec) -> None:
     if name == "grid":
         for pname, p in spec.space().items():
             if p.type == "float" and p.step is None:
-                raise InputError(f"{spec.source}: search_space.{pname}", "grid search needs a 'step' for float parameters")
+                raise InputError(
+                    f"{spec.source}: search_space.{pname}", "grid search needs a 'step' for float parameters"
+                )
         try:
             n = sp.grid_size(spec.space())
         except ValueError as exc:
@@ -352,7 +370,11 @@ def _check_sampler(spec: StudySpec) -> None:
     if name == "cmaes":
         bad = [n for n, p in spec.space().items() if p.type == "categorical" or p.when]
         if bad:
-            raise InputError(key, f"cmaes needs a numeric space without conditions; {bad[0]!r} is categorical or conditional (use tpe or gp)")
+            raise InputError(
+                key,
+                f"cmaes needs a numeric space without conditions; {bad[0]!r}"
+                f" is categorical or conditional (use tpe or gp)",
+            )
     if not spec.space():
         raise InputError(f"{spec.source}: search_space", "is empty: nothing to tune")
 

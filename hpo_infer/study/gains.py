@@ -73,10 +73,15 @@ def describe(g: Gain, source: str) -> str:
     if g.gain_vs_carried_pct is None:
         lines.append(f"no carried-over config from {source} ran on this GPU: the paper's metric is undefined")
     else:
-        which = "the source's best" if g.carried_rank == 0 else f"the source's #{g.carried_rank + 1} (its better ones failed here)"
+        which = (
+            "the source's best"
+            if g.carried_rank == 0
+            else f"the source's #{g.carried_rank + 1} (its better ones failed here)"
+        )
         lines.append(
             f"re-tuned best {g.best_tok_s:,.1f} tok/s (trial {g.best_trial}) vs carried-over {which} "
-            f"{g.carried_tok_s:,.1f} tok/s (trial {g.carried_trial}): {g.gain_vs_carried_pct:+.2f}% (the paper's metric)"
+            f"{g.carried_tok_s:,.1f} tok/s (trial {g.carried_trial})"
+            f": {g.gain_vs_carried_pct:+.2f}% (the paper's metric)"
         )
     if g.gain_vs_defaults_pct is not None:
         lines.append(f"vs the engine defaults {g.baseline_tok_s:,.1f} tok/s: {g.gain_vs_defaults_pct:+.2f}%")

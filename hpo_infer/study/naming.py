@@ -22,8 +22,12 @@ def key_gpu(spec: "StudySpec", gpu: "GPUInfo") -> "GPUInfo":
 def study_name(spec: "StudySpec", gpu: "GPUInfo") -> str:
     """``{engine}:{model}:{gpu}x{n}:{workload}``, stable across runs, so re-running resumes."""
     gpu = key_gpu(spec, gpu)
-    parts = [spec.engine, model_label(spec.model.model_dump(exclude_none=True)), gpu.label,
-             workload_label(spec.workload.model_dump(exclude_none=True))]
+    parts = [
+        spec.engine,
+        model_label(spec.model.model_dump(exclude_none=True)),
+        gpu.label,
+        workload_label(spec.workload.model_dump(exclude_none=True)),
+    ]
     if spec.objective.slo:  # other targets, other feasible set: another study, not a resume
         parts.append("slo-" + ",".join(f"{k}={v:g}" for k, v in sorted(spec.objective.slo.items())))
     if spec.objective.metric != "throughput":  # another value per trial: another study

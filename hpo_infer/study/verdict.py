@@ -45,7 +45,9 @@ def describe(v: dict[str, Any] | None) -> str:
     bb = v.get("best_vs_baseline")
     if bb is None:
         return "re-validation incomplete: " + "; ".join(
-            f"{k}: {m.get('error') or m.get('status')}" for k, m in v.get("measured", {}).items() if m.get("status") != COMPLETE
+            f"{k}: {m.get('error') or m.get('status')}"
+            for k, m in v.get("measured", {}).items()
+            if m.get("status") != COMPLETE
         )
     text = f"best vs baseline {bb['gain_pct']:+.1f}% (p={_p(bb['p_value'])})"
     if not bb["significant"]:

@@ -53,7 +53,8 @@ def upgrade() -> None:
         sa.Column("environment_id", Id, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["environment_id"], ["hpo_infer_environment.id"],
+            ["environment_id"],
+            ["hpo_infer_environment.id"],
             name="fk_hpo_infer_measurement_environment_id_hpo_infer_environment",
         ),
         sa.PrimaryKeyConstraint("id", name="pk_hpo_infer_measurement"),
