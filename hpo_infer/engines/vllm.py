@@ -45,6 +45,118 @@ _ERROR_LINE = re.compile(r"(?:^|\]\s)([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$
 _WRAPPERS = ("Engine core initialization failed", "EngineDeadError", "WorkerProc initialization failed")
 
 
+# The settings people tune, one row each (the STYLE's one table per engine): spec validation,
+# the default space, the baseline and the `vllm serve` export all read it.
+SETTINGS = (
+    Setting(
+        "max_num_seqs",
+        "int",
+        AUTO,
+        low=1,
+        high=1_000_000,
+        flag="--max-num-seqs",
+        help="most sequences in one scheduler step (vLLM picks it per GPU and usage context)",
+        space={"type": "int", "low": 32, "high": 2048, "log": True},
+    ),
+    Setting(
+        "max_num_batched_tokens",
+        "int",
+        AUTO,
+        low=1,
+        high=100_000_000,
+        flag="--max-num-batched-tokens",
+        help="token budget of one scheduler step (vLLM picks it per GPU and usage context)",
+        space={"type": "int", "low": 2048, "high": 65536, "log": True},
+    ),
+    Setting(
+        "gpu_memory_utilization",
+        "float",
+        AUTO,
+        low=0.0,
+        high=1.0,
+        flag="--gpu-memory-utilization",
+        help="share of GPU memory vLLM may take (weights + activations + KV cache); on CPU, of RAM",
+        space={"type": "float", "low": 0.80, "high": 0.95},
+    ),
+    Setting(
+        "block_size",
+        "int",
+        AUTO,
+        low=1,
+        high=4096,
+        flag="--block-size",
+        help="tokens per KV-cache block (the attention backend decides which it supports)",
+        space={"type": "categorical", "choices": [16, 32, 64]},
+    ),
+    Setting(
+        "enable_chunked_prefill",
+        "bool",
+        AUTO,
+        flag="--enable-chunked-prefill",
+        help="split long prefills across steps, mixing them with decodes",
+        space={"type": "categorical", "choices": [True, False]},
+    ),
+    Setting(
+        "enable_prefix_caching",
+        "bool",
+        AUTO,
+        flag="--enable-prefix-caching",
+        help="reuse KV blocks of shared prompt prefixes",
+        space={"type": "categorical", "choices": [True, False]},
+    ),
+    Setting(
+        "enforce_eager",
+        "bool",
+        False,
+        flag="--enforce-eager",
+        help="true: no CUDA graphs (and no torch.compile on CPU); eager PyTorch only",
+        space={"type": "categorical", "choices": [False, True]},
+    ),
+    # Values are checked against the installed vLLM (its list grows with every release).
+    Setting(
+        "kv_cache_dtype",
+        "categorical",
+        "auto",
+        flag="--kv-cache-dtype",
+        help="KV-cache element type (auto = the model dtype; fp8 halves KV memory); any the installed vLLM takes",
+        space={"type": "categorical", "choices": ["auto", "fp8"]},
+    ),
+    Setting(
+        "dtype",
+        "categorical",
+        "auto",
+        flag="--dtype",
+        help="weights/activations dtype (auto = from the model config); any the installed vLLM takes",
+    ),
+    Setting(
+        "tensor_parallel_size",
+        "int",
+        1,
+        low=1,
+        high=1024,
+        flag="--tensor-parallel-size",
+        help="GPUs the model is sharded over",
+    ),
+    Setting(
+        "max_model_len",
+        "int",
+        AUTO,
+        low=1,
+        high=100_000_000,
+        flag="--max-model-len",
+        help="longest sequence (prompt + output) vLLM accepts; default: the model's context",
+    ),
+    Setting(
+        "batch_size",
+        "int",
+        AUTO,
+        low=1,
+        high=100_000_000,
+        help="client side: prompts per LLM.generate call (the paper's batch size); default all at once",
+    ),
+)
+
+
 class VLLMEngine(Engine):
     name = "vllm"
     distribution = "vllm"
@@ -53,114 +165,7 @@ class VLLMEngine(Engine):
     title = "vLLM"
     import_name = "vllm"
     _kept: tuple[str, Any, Any] | None = None  # (reuse key, LLM, prompts) of the engine left started
-    settings = (
-        Setting(
-            "max_num_seqs",
-            "int",
-            AUTO,
-            low=1,
-            high=1_000_000,
-            flag="--max-num-seqs",
-            help="most sequences in one scheduler step (vLLM picks it per GPU and usage context)",
-            space={"type": "int", "low": 32, "high": 2048, "log": True},
-        ),
-        Setting(
-            "max_num_batched_tokens",
-            "int",
-            AUTO,
-            low=1,
-            high=100_000_000,
-            flag="--max-num-batched-tokens",
-            help="token budget of one scheduler step (vLLM picks it per GPU and usage context)",
-            space={"type": "int", "low": 2048, "high": 65536, "log": True},
-        ),
-        Setting(
-            "gpu_memory_utilization",
-            "float",
-            AUTO,
-            low=0.0,
-            high=1.0,
-            flag="--gpu-memory-utilization",
-            help="share of GPU memory vLLM may take (weights + activations + KV cache); on CPU, of RAM",
-            space={"type": "float", "low": 0.80, "high": 0.95},
-        ),
-        Setting(
-            "block_size",
-            "int",
-            AUTO,
-            low=1,
-            high=4096,
-            flag="--block-size",
-            help="tokens per KV-cache block (the attention backend decides which it supports)",
-            space={"type": "categorical", "choices": [16, 32, 64]},
-        ),
-        Setting(
-            "enable_chunked_prefill",
-            "bool",
-            AUTO,
-            flag="--enable-chunked-prefill",
-            help="split long prefills across steps, mixing them with decodes",
-            space={"type": "categorical", "choices": [True, False]},
-        ),
-        Setting(
-            "enable_prefix_caching",
-            "bool",
-            AUTO,
-            flag="--enable-prefix-caching",
-            help="reuse KV blocks of shared prompt prefixes",
-            space={"type": "categorical", "choices": [True, False]},
-        ),
-        Setting(
-            "enforce_eager",
-            "bool",
-            False,
-            flag="--enforce-eager",
-            help="true: no CUDA graphs (and no torch.compile on CPU); eager PyTorch only",
-            space={"type": "categorical", "choices": [False, True]},
-        ),
-        # Values are checked against the installed vLLM (its list grows with every release).
-        Setting(
-            "kv_cache_dtype",
-            "categorical",
-            "auto",
-            flag="--kv-cache-dtype",
-            help="KV-cache element type (auto = the model dtype; fp8 halves KV memory); any the installed vLLM takes",
-            space={"type": "categorical", "choices": ["auto", "fp8"]},
-        ),
-        Setting(
-            "dtype",
-            "categorical",
-            "auto",
-            flag="--dtype",
-            help="weights/activations dtype (auto = from the model config); any the installed vLLM takes",
-        ),
-        Setting(
-            "tensor_parallel_size",
-            "int",
-            1,
-            low=1,
-            high=1024,
-            flag="--tensor-parallel-size",
-            help="GPUs the model is sharded over",
-        ),
-        Setting(
-            "max_model_len",
-            "int",
-            AUTO,
-            low=1,
-            high=100_000_000,
-            flag="--max-model-len",
-            help="longest sequence (prompt + output) vLLM accepts; default: the model's context",
-        ),
-        Setting(
-            "batch_size",
-            "int",
-            AUTO,
-            low=1,
-            high=100_000_000,
-            help="client side: prompts per LLM.generate call (the paper's batch size); default all at once",
-        ),
-    )
+    settings = SETTINGS
 
     # ---- agent side ----------------------------------------------------------------------
     def check(self, params: dict[str, Any], host_gpus: int) -> str | None:
