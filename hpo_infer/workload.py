@@ -19,6 +19,24 @@ class Workload:
     prompts: list[Any]  # str (text) or list[int] (token ids)
     output_tokens: int
 
+    def expected_hit_rate(self, block: int) -> float:
+        """The share of prompt tokens a prefix cache may serve within one cold pass: the shared
+        prefix's full blocks, for every prompt but the first (which computes them)."""
+        if len(self.prompts) < 2 or not self.is_tokens:
+            return 0.0
+        first = self.prompts[0]
+        common = 0
+        for other in self.prompts[1:]:
+            n = 0
+            for a, b in zip(first, other):
+                if a != b:
+                    break
+                n += 1
+            common = n if common == 0 else min(common, n)
+        cached = (common // block) * block * (len(self.prompts) - 1)
+        total = sum(len(p) for p in self.prompts)
+        return cached / total if total else 0.0
+
     @property
     def is_tokens(self) -> bool:
         return bool(self.prompts) and isinstance(self.prompts[0], list)
@@ -31,7 +49,8 @@ def label(w: dict[str, Any]) -> str:
     if kind == "synthetic":
         i = w["input_tokens"]
         i = f"{i[0]}-{i[1]}" if isinstance(i, list) else i
-        return f"syn-i{i}-o{out}-n{w['prompts']}"
+        prefix = f"-p{w['prefix_tokens']}" if w.get("prefix_tokens") else ""
+        return f"syn-i{i}{prefix}-o{out}-n{w['prompts']}"
     n = f"-n{w['limit']}" if w.get("limit") else ""
     if kind == "humaneval":
         return f"humaneval-o{out}{n}"
@@ -58,14 +77,24 @@ def _read_jsonl(path: str, field: str, limit: int | None) -> list[str]:
     return out
 
 
-def load(w: dict[str, Any], vocab_size: int = 512) -> Workload:
-    """Build the prompt set a spec's ``workload`` section describes."""
+def load(w: dict[str, Any], vocab_size: int = 512, draw: int = 0) -> Workload:
+    """Build the prompt set a spec's ``workload`` section describes.
+
+    ``draw`` picks one of a synthetic workload's prompt sets: the same lengths and shared prefix
+    length, other tokens, so an engine with a prefix cache can give every pass fresh prompts
+    (draw 0 is the set the seed alone gives). Fixed prompt files ignore it.
+    """
     kind = w.get("kind", "synthetic")
     if kind == "synthetic":
-        rng = random.Random(w.get("seed", 0))
+        rng = random.Random(w.get("seed", 0) if not draw else f"{w.get('seed', 0)}/{draw}")
         lo, hi = (w["input_tokens"], w["input_tokens"]) if isinstance(w["input_tokens"], int) else w["input_tokens"]
         first = 4 if vocab_size > 8 else 0  # keep clear of special tokens
-        prompts = [[rng.randrange(first, vocab_size) for _ in range(rng.randint(lo, hi))] for _ in range(w["prompts"])]
+        lengths = random.Random(w.get("seed", 0)).choices(range(lo, hi + 1), k=w["prompts"]) if lo != hi else None
+        shared = [rng.randrange(first, vocab_size) for _ in range(int(w.get("prefix_tokens") or 0))]
+        prompts = []
+        for i in range(w["prompts"]):
+            n = lengths[i] if lengths else lo
+            prompts.append(shared[:n] + [rng.randrange(first, vocab_size) for _ in range(max(0, n - len(shared)))])
         return Workload(prompts, w["output_tokens"])
     field = "prompt" if kind == "humaneval" else w.get("field", "prompt")
     prompts = _read_jsonl(w["path"], field, w.get("limit"))

@@ -85,27 +85,24 @@ def test_dict_style_read_by_field_name() -> None:
         res["to_dict"]
 
 
-def test_measure_returns_engine_result_with_the_median_of_the_repeats() -> None:
+def test_measure_returns_engine_result_with_the_mean_of_the_repeats() -> None:
     # Deterministic passes: token counts vary, seconds come from a fake clock, so rates are exact.
-    import hpo_infer.measurement.timing as m
+    from hpo_infer.measurement.timing import PassResult, Rules
 
-    tokens = iter([100, 500, 510, 300, 900, 600])  # warm-up: 100 then 500 (not within 5%), 510 settles
+    tokens = iter([100, 510, 300, 900, 600])  # one warm-up pass, then four timed ones
     events: list[tuple[str, dict]] = []
 
-    def timed(run_pass):
+    def run(index: int) -> PassResult:
         n = next(tokens)
-        return n, 1.0, [(n, 1.0)]
+        return PassResult(n, [(n, 1.0)])
 
-    orig = m.timed
-    m.timed = timed
-    try:
-        res = measure(lambda: (0, []), 4, lambda k, d: events.append((k, d)), config=1)
-    finally:
-        m.timed = orig
+    rules = Rules(min_repeats=4, max_repeats=4, min_pass_s=1.0)
+    res = measure(run, rules, lambda k, d: events.append((k, d)), config=1)
     assert isinstance(res, EngineResult)
     assert [r["tok_s"] for r in res.repeats] == [510.0, 300.0, 900.0, 600.0]
-    assert res.value == 555.0, "median of the four repeats"
-    assert res.warmup_tok_s == [100.0, 500.0] and res.warmup_s == 2.0
+    assert res.value == 577.5, "the mean of the four repeats (its 95% CI is kept beside it)"
+    assert res.spread["median"] == 555.0
+    assert res.warmup_tok_s == [100.0] and res.warmup_s == 1.0
     assert res.config == 1 and res.spread["n"] == 4 and res.spread["min"] == 300.0
     assert res.start_s is None and res.peak_mem_bytes is None, "the engine fills those in"
     assert [k for k, _ in events].count("repeat") == 4

@@ -166,6 +166,10 @@ class Outcomes:
             "env": out.env or None,
             "resolved": r.resolved or None,
             "metrics": r.metrics or None,
+            # The engine's prefix-cache counters of every timed repeat, and the warning when one
+            # was served beyond what the workload's own shared prefixes explain.
+            "prefix_cache": [x["cache"] for x in r.repeats if x.get("cache")] or None,
+            "cache_flag": r.cache_flag,
         }
         if out.status not in (COMPLETE,) or r.status != COMPLETE:
             attrs["error"] = (r.error or out.error or "")[:2000] or None

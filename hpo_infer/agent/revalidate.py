@@ -1,16 +1,23 @@
-"""Before a best config is declared: re-measure it against the baseline and the runner-up.
+"""Before a best config is declared: re-measure it against the baseline and the runner-up, on
+exchangeable measurements.
 
-All three are measured in one worker session, one after another, with the spec's repeats.
-Noise between machines and engine starts was 3-15% for vLLM on H100/H200, so the verdict is a
-Welch t-test (scipy) on the repeats: a gain inside the noise is called a tie, not a win.
+Each finalist is measured in its own fresh engine start (its own worker), interleaved over
+``validation_rounds`` rounds (A B C A B C ...), so no finalist gets the warm machine, the JIT
+caches or the quiet minute the others miss. The baseline's starts give the study's noise floor:
+how far two engine starts of one configuration land apart. The verdict is Welch's test on log
+throughput (noise on a rate is multiplicative); a gain is called larger than the noise only if
+the test says so *and* it exceeds the noise floor. A trial is never compared with itself: when
+the baseline measured best, the runner-up is compared with it and the summary says so.
 """
 
 from __future__ import annotations
 
+import statistics
 from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from hpo_infer.engines import engine_class
 from hpo_infer.study.trials import BASELINE, ROLE, baseline_trial, ranked, settings_of
 from hpo_infer.study.trials import VALIDATION as KEY
 from hpo_infer.study.verdict import describe, verdict
@@ -20,50 +27,109 @@ if TYPE_CHECKING:
     from hpo_infer.spec import StudySpec
 
 
-def candidates(study: optuna.Study) -> list[tuple[str, optuna.trial.FrozenTrial]]:
-    """Baseline, best and runner-up (distinct settings), in that order."""
-    out: list[tuple[str, optuna.trial.FrozenTrial]] = []
-    base = baseline_trial(study)
-    if base is not None:
-        out.append(("baseline", base))
-    seen = [settings_of(base) if base else None]
-    for t in ranked(study):
-        s = settings_of(t)
-        if s in seen or t.user_attrs.get(ROLE) == BASELINE:
-            continue
-        out.append(("best" if len([x for x in out if x[0] != "baseline"]) == 0 else "runner_up", t))
-        seen.append(s)
-        if len(out) >= (3 if base else 2):
-            break
+def effective_settings(t: optuna.trial.FrozenTrial, engine: str) -> dict[str, Any]:
+    """What a trial ran with: the engine's defaults, what it resolved at start, what was set."""
+    eng = engine_class(engine)
+    names = {s.name for s in eng.settings}
+    out = dict(eng.defaults())
+    out.update({k: v for k, v in (t.user_attrs.get("resolved") or {}).items() if k in names})
+    out.update(settings_of(t))
+    out.update(t.user_attrs.get("settings") or {})
     return out
 
 
+def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Equal wherever both say what the value is."""
+    return all(a[k] == b[k] for k in set(a) & set(b))
+
+
+def candidates(study: optuna.Study, engine: str) -> tuple[list[tuple[str, optuna.trial.FrozenTrial]], bool]:
+    """Baseline, best and runner-up (distinct configurations), in that order; and whether the
+    baseline itself measured best (then "best" is the best other configuration)."""
+    out: list[tuple[str, optuna.trial.FrozenTrial]] = []
+    base = baseline_trial(study)
+    ranking = ranked(study)
+    seen = [effective_settings(base, engine)] if base is not None else []
+    if base is not None:
+        out.append(("baseline", base))
+    top = ranking[0] if ranking else None
+    baseline_is_best = (
+        base is not None
+        and top is not None
+        and (top.number == base.number or same_config(effective_settings(top, engine), seen[0]))
+    )
+    for t in ranking:
+        s = effective_settings(t, engine)
+        if t.user_attrs.get(ROLE) == BASELINE or any(same_config(s, x) for x in seen):
+            continue  # the baseline again, or a configuration already a finalist
+        out.append(("runner_up" if any(role == "best" for role, _ in out) else "best", t))
+        seen.append(s)
+        if len(out) >= (3 if base else 2):
+            break
+    return out, baseline_is_best
+
+
 def revalidate(study: optuna.Study, spec: "StudySpec", gpus: list[int] | None = None) -> dict[str, Any] | None:
-    """Re-measure baseline, best and runner-up in one worker; store and return the verdict."""
-    cands = candidates(study)
+    """Re-measure the finalists, each in its own engine start, interleaved; store and return the verdict."""
+    cands, baseline_is_best = candidates(study, spec.engine)
     if not any(role == "best" for role, _ in cands):
         return None
-    configs = [t.user_attrs.get("settings", settings_of(t)) for _, t in cands]
-    request = spec.request(configs, repeats=max(spec.repeats, 3))
-    out = run_worker(request, spec.trial_timeout_s * len(configs), gpus=gpus)
-    measured: dict[str, Any] = {}
-    for (role, t), r in zip(cands, out.configs):
-        measured[role] = {
-            "trial": t.number,
-            "settings": configs[cands.index((role, t))],
-            "status": r.status,
-            "value": r.value,
-            "repeats": [float(x["tok_s"]) for x in r.repeats],
-            "spread": r.spread,
-            "error": r.error,
-        }
-    result: dict[str, Any] = {"measured": measured, "env": out.env}
+    configs = {role: t.user_attrs.get("settings", settings_of(t)) for role, t in cands}
+    starts: dict[str, list[Any]] = {role: [] for role, _ in cands}
+    env: dict[str, Any] = {}
+    for _ in range(spec.validation_rounds):
+        for role, _t in cands:
+            out = run_worker(
+                spec.request([configs[role]], repeats=max(spec.repeats, 3)), spec.trial_timeout_s, gpus=gpus
+            )
+            starts[role].append(out.first)
+            env = out.env or env
+    measured = {role: _pooled(t.number, configs[role], starts[role]) for role, t in cands}
+    result: dict[str, Any] = {"measured": measured, "env": env, "rounds": spec.validation_rounds}
+    if baseline_is_best:
+        result["baseline_is_best"] = True
+    floor = noise_floor(measured.get("baseline"))
+    if floor is not None:
+        result["noise_floor_pct"] = floor
     b, best = measured.get("baseline"), measured.get("best")
     if b and best and b["status"] == COMPLETE and best["status"] == COMPLETE:
-        result["best_vs_baseline"] = verdict(best["repeats"], b["repeats"])
+        result["best_vs_baseline"] = _verdict(best, b, floor)
     ru = measured.get("runner_up")
     if ru and best and ru["status"] == COMPLETE and best["status"] == COMPLETE:
-        result["best_vs_runner_up"] = verdict(best["repeats"], ru["repeats"])
+        result["best_vs_runner_up"] = _verdict(best, ru, floor)
     result["summary"] = describe(result)
     study.set_user_attr(KEY, result)
     return result
+
+
+def _pooled(trial: int, settings: dict[str, Any], starts: list[Any]) -> dict[str, Any]:
+    """One finalist over its engine starts: every repeat, and each start's own value."""
+    ok = [r for r in starts if r.status == COMPLETE]
+    failed = next((r for r in starts if r.status != COMPLETE), None)
+    repeats = [float(x["tok_s"]) for r in ok for x in r.repeats]
+    return {
+        "trial": trial,
+        "settings": settings,
+        "status": COMPLETE if ok and failed is None else (failed.status if failed else "failed"),
+        "value": statistics.fmean(repeats) if repeats else None,
+        "repeats": repeats,
+        "start_values": [r.value for r in ok],
+        "spread": ok[-1].spread if ok else {},
+        "error": failed.error if failed is not None else None,
+    }
+
+
+def noise_floor(baseline: dict[str, Any] | None) -> float | None:
+    """How far the baseline's engine starts land apart, in percent of their mean (None: one start)."""
+    values = (baseline or {}).get("start_values") or []
+    if len(values) < 2 or not statistics.fmean(values):
+        return None
+    return (max(values) - min(values)) / statistics.fmean(values) * 100
+
+
+def _verdict(a: dict[str, Any], b: dict[str, Any], floor: float | None) -> dict[str, Any]:
+    v = verdict(a["repeats"], b["repeats"])
+    if v["significant"] and floor is not None and abs(v["gain_pct"]) <= floor:
+        v["significant"] = False
+        v["within_noise_floor"] = True
+    return v

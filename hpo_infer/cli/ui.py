@@ -79,7 +79,7 @@ def _fmt_settings(s: dict[str, Any]) -> str:
 def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> None:
     from optuna.trial import TrialState
 
-    from hpo_infer.study.trials import baseline_trial, gain_pct, ranked
+    from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, uncertainty
     from hpo_infer.study.verdict import describe
 
     trials = study.get_trials(deepcopy=False)
@@ -96,24 +96,25 @@ def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> N
     base = baseline_trial(study)
     best_list = ranked(study)
     table = Table(title="baseline vs best")
-    for col in ("", "trial", "settings", "tok/s (median)", "spread", "vs baseline"):
+    for col in ("", "trial", "settings", "tok/s", "uncertainty", "vs baseline"):
         table.add_column(col)
     rows = []
     if base is not None:
         rows.append(("baseline", base))
     rows += [("best" if i == 0 else f"#{i + 1}", t) for i, t in enumerate(best_list[:3])]
     for role, t in rows:
-        sp = t.user_attrs.get("spread") or {}
         gain = f"{gain_pct(t.value, base.value):+.1f}%" if base is not None and base.value else "-"
         table.add_row(
             role,
             str(t.number),
             _fmt_settings(t.user_attrs.get("settings", t.params)),
             f"{t.value:,.1f}",
-            f"±{sp.get('rel_spread', 0) * 50:.1f}%" if sp else "-",
+            uncertainty(t),
             gain,
         )
     console.print(table)
+    for line in cache_warnings(trials):
+        console.print(f"[bold yellow]warning[/bold yellow]: {escape(line)}")
     if validation:
         console.print(f"re-validated: {describe(validation)}")
         meas = validation.get("measured", {})

@@ -49,8 +49,11 @@ def rows(out: "Outcome") -> Iterator[dict[str, Any]]:
                 yield {"config_index": ci, "repeat": None, "window": None, "metric": metric, "value": v}
         for rep in r.windows:  # one per timed pass the worker reported, pruned trials included
             ri = rep.get("repeat")
-            for metric in ("tok_s", "tokens", "seconds"):
-                v = num(rep.get(metric))
+            cache = rep.get("cache") or {}
+            counts = [(m, rep.get(m)) for m in ("tok_s", "tokens", "seconds", "cycles")]
+            counts += [("prefix_cache_queries", cache.get("queries")), ("prefix_cache_hits", cache.get("hits"))]
+            for metric, raw in counts:
+                v = num(raw)
                 if v is not None:
                     yield {"config_index": ci, "repeat": ri, "window": None, "metric": metric, "value": v}
             for wi, w in enumerate(rep.get("windows") or []):

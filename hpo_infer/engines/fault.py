@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from hpo_infer.engines.base import Emit, Engine, Setting
 from hpo_infer.measurement.protocol import PHASE, STARTED
 from hpo_infer.measurement.result import EngineResult
-from hpo_infer.measurement.timing import measure
+from hpo_infer.measurement.timing import PassResult, Rules, measure
 
 if TYPE_CHECKING:
     from hpo_infer.measurement.protocol import TrialRequest
@@ -93,7 +93,7 @@ class FaultEngine(Engine):
 
         rng = random.Random(request.seed + int(p["x"]) * 31 + int(p["y"]))
 
-        def one_pass() -> tuple[int, list[tuple[int, float]]]:
+        def one_pass(index: int) -> PassResult:
             calls["n"] += 1
             if (mode == "crash_mid" and calls["n"] >= 3) or (p["x"] == p["crash_x"] and calls["n"] >= 2):
                 os._exit(4)
@@ -109,11 +109,13 @@ class FaultEngine(Engine):
             r = rate * (1.0 + rng.uniform(-p["noise"], p["noise"]))
             tokens = max(1, int(r * p["pass_s"]))
             time.sleep(tokens / r)
-            return tokens, [(tokens, tokens / r)]
+            return PassResult(tokens, [(tokens, tokens / r)])
 
         if mode == "spawn_child":
             p["mode"] = "ok"
-        result = measure(one_pass, request.repeats, emit, max_warmups=1)
+        rules = Rules.from_request(request.repeats, request.measurement)
+        rules.min_pass_s = 0.0  # a simulated pass lasts pass_s by construction: one cycle per repeat
+        result = measure(one_pass, rules, emit)
         result.start_s = start_s
         if p["latency"] == "on":  # undeclared in ``metrics``: no SLO on a fake, only the front
             result.metrics = {"p99_ttft_ms": 20.0 + 3.0 * int(p["x"]), "p99_tpot_ms": 4.0 + int(p["y"])}

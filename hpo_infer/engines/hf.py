@@ -213,7 +213,7 @@ class HFEngine(Engine):
         import torch
 
         from hpo_infer import workload
-        from hpo_infer.measurement.timing import measure
+        from hpo_infer.measurement.timing import PassResult, Rules, measure
 
         w = workload.load(request.workload, vocab_size=len(tok))
         texts = [tok.decode(ids) for ids in w.prompts] if w.is_tokens else list(w.prompts)
@@ -228,9 +228,8 @@ class HFEngine(Engine):
         }
         sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-        def generate_batches(batches: list[list[list[int]]]):
+        def generate_batches(batches: list[list[list[int]]]) -> PassResult:
             windows = []
-            total = 0
             for chunk in batches:
                 t = time.perf_counter()
                 enc = tok.pad({"input_ids": chunk}, return_tensors="pt", padding=True).to(device)
@@ -238,32 +237,39 @@ class HFEngine(Engine):
                     out = model.generate(**enc, **gen_kwargs)
                 sync()
                 made = int(out.shape[0] * (out.shape[1] - enc["input_ids"].shape[1]))
-                total += made
                 windows.append((made, time.perf_counter() - t))
-            return total, windows
+            return PassResult(sum(w[0] for w in windows), windows)
 
         batches = [ids[i : i + bs] for i in range(0, len(ids), bs)]
+        # HF keeps no cache across generate calls, so every pass over the same prompts is cold.
+        # Its first-seen shapes are not: a static cache and torch.compile compile per (batch,
+        # padded length), so the warm-up runs one batch of every shape the passes run.
+        firsts = list({(len(b), max(len(x) for x in b)): i for i, b in reversed(list(enumerate(batches)))}.values())
         if p["path"] == "generate":
-            run_pass = lambda: generate_batches(batches)  # noqa: E731
-            warm = lambda: generate_batches(batches[:1])  # noqa: E731 - same shape as the timed batches
+            run_pass = lambda i: generate_batches(batches)  # noqa: E731
+            warm = lambda: generate_batches([batches[i] for i in sorted(firsts)])  # noqa: E731
         else:
             from transformers import pipeline
 
             pipe = pipeline("text-generation", model=model, tokenizer=tok)
 
-            def pipe_pass(items: list[str]):
+            def pipe_pass(items: list[str]) -> PassResult:
                 t = time.perf_counter()
                 with torch.inference_mode():
                     pipe(items, batch_size=bs, return_full_text=False, **gen_kwargs)
                 sync()
                 made = n_out * len(items)
-                return made, [(made, time.perf_counter() - t)]
+                return PassResult(made, [(made, time.perf_counter() - t)])
 
-            run_pass = lambda: pipe_pass(texts)  # noqa: E731
-            warm = lambda: pipe_pass(texts[:bs])  # noqa: E731
+            def pipe_warm() -> PassResult:
+                parts = [pipe_pass(texts[i * bs : (i + 1) * bs]) for i in sorted(firsts)]
+                return PassResult(sum(x.tokens for x in parts), [w for x in parts for w in x.windows])
+
+            run_pass = lambda i: pipe_pass(texts)  # noqa: E731
+            warm = pipe_warm
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        result = measure(run_pass, request.repeats, emit, warmup_pass=warm)
+        result = measure(run_pass, Rules.from_request(request.repeats, request.measurement), emit, warmup=warm)
         result.start_s = start_s
         result.peak_mem_bytes = (
             int(torch.cuda.max_memory_allocated())

@@ -258,7 +258,7 @@ class VLLMEngine(Engine):
         from vllm import LLM, SamplingParams
 
         from hpo_infer import model_source as models
-        from hpo_infer.measurement.timing import measure
+        from hpo_infer.measurement.timing import PassResult, Rules, measure
 
         p = dict(request.params)
         emit(PHASE, {"phase": "loading"})
@@ -276,39 +276,49 @@ class VLLMEngine(Engine):
                 kwargs = self.engine_kwargs(p)
                 if synthetic:  # random weights, no tokenizer in the engine: prompts go in as token ids
                     kwargs.update(load_format="dummy", skip_tokenizer_init=True)
+                kwargs["disable_log_stats"] = False  # the prefix-cache counters of every pass
                 t0 = time.perf_counter()
                 llm = LLM(model=path, seed=request.seed, **kwargs)
                 start_s = time.perf_counter() - t0
                 self._kept = (key, llm, None)
-                prompts = _prompts(request, llm, path, synthetic)
+                prompts = _Prompts(request, llm, path, synthetic)
                 self._kept = (key, llm, prompts)
-            bs = int(p.get("batch_size") or len(prompts))
+            bs = int(p.get("batch_size") or prompts.count)
             resolved = {
                 **_resolved(llm),
-                "batch_size": min(bs, len(prompts)),
+                "batch_size": min(bs, prompts.count),
                 "vllm_version": vllm.__version__,
                 "compile_cache": os.environ.get("VLLM_CACHE_ROOT"),
                 "engine_reused": kept is not None and kept[0] == key,
             }
             emit(STARTED, {"start_s": start_s, "resolved": resolved})
-
+            rules = Rules.from_request(request.repeats, request.measurement)
             n_out = int(request.workload["output_tokens"])
             sampling = SamplingParams(max_tokens=n_out, min_tokens=n_out, ignore_eos=True, temperature=0.0)
-            chunks = [prompts[i : i + bs] for i in range(0, len(prompts), bs)]
 
-            def one_pass() -> tuple[int, list[tuple[int, float]]]:
+            def run(batch: list[Any]) -> PassResult:
+                if prompts.reset_between and rules.cold:
+                    llm.reset_prefix_cache()  # fixed prompts: no pass may be served by the one before
+                before = _cache_counters(llm)
                 windows = []
-                for chunk in chunks:
+                for i in range(0, len(batch), bs):
                     t = time.perf_counter()
-                    outs = llm.generate(chunk, sampling, use_tqdm=False)
+                    outs = llm.generate(batch[i : i + bs], sampling, use_tqdm=False)
                     windows.append((sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - t))
-                return sum(w[0] for w in windows), windows
+                return PassResult(sum(w[0] for w in windows), windows, _cache_delta(before, _cache_counters(llm)))
 
-            # Warm-up is the full pass, repeated until two agree: the first full-size generate
-            # after start ran 25-30% slow on an H100 (JIT kernels, first-seen shapes).
-            result = measure(one_pass, request.repeats, emit)
+            # Warm-up: fresh prompts through every step shape the timed passes run (filling the
+            # batch, decoding at max_num_seqs, draining); CUDA graphs were captured at start.
+            warm_n = max(64, 2 * int(resolved.get("max_num_seqs") or 0))
+            result = measure(
+                lambda i: run(prompts.draw(i if rules.cold else 0)),
+                rules,
+                emit,
+                warmup=lambda: run(prompts.draw(0)[:warm_n]),
+                expected_hit_rate=prompts.expected_hit_rate(int(resolved.get("block_size") or 16)),
+            )
             result.start_s = start_s
-            result.resolved = resolved
+            result.resolved = {**resolved, **result.resolved}
             result.peak_mem_bytes = _memory_in_use()
             return result
         except BaseException:
@@ -337,20 +347,62 @@ def compile_cache_dir() -> Path:
     return cache_root() / "vllm"
 
 
-def _prompts(request: "TrialRequest", llm: Any, path: str, synthetic: bool) -> list[Any]:
-    """Token-id prompts for synthetic models (tokenized locally), text or ids as given otherwise."""
-    from hpo_infer import workload
+class _Prompts:
+    """The prompts of each pass. A synthetic workload draws fresh token ids for every pass (the
+    same lengths and shared-prefix length), so no pass can be served by an earlier one's prefix
+    cache; a prompt file's fixed list is sent again after a cache reset (``reset_between``)."""
 
-    vocab = int(llm.llm_engine.model_config.get_vocab_size())
-    w = workload.load(request.workload, vocab_size=vocab)
-    if w.is_tokens:
-        return [{"prompt_token_ids": ids} for ids in w.prompts]
-    if not synthetic:
-        return list(w.prompts)
-    from transformers import AutoTokenizer
+    def __init__(self, request: "TrialRequest", llm: Any, path: str, synthetic: bool) -> None:
+        from hpo_infer import workload
 
-    tok = AutoTokenizer.from_pretrained(path)
-    return [{"prompt_token_ids": tok(t)["input_ids"]} for t in w.prompts]
+        self.spec = request.workload
+        self.vocab = int(llm.llm_engine.model_config.get_vocab_size())
+        base = workload.load(self.spec, vocab_size=self.vocab)
+        self.count = len(base.prompts)
+        self.reset_between = not base.is_tokens  # fixed prompts
+        if base.is_tokens:
+            self.fixed, ids = None, base.prompts
+        elif not synthetic:
+            self.fixed, ids = list(base.prompts), None
+        else:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(path)
+            ids = [tok(t)["input_ids"] for t in base.prompts]
+            self.fixed = [{"prompt_token_ids": x} for x in ids]
+        self._base_ids = ids
+
+    def draw(self, i: int) -> list[Any]:
+        if self.fixed is not None:
+            return self.fixed
+        from hpo_infer import workload
+
+        ids = self._base_ids if i == 0 else workload.load(self.spec, vocab_size=self.vocab, draw=i).prompts
+        return [{"prompt_token_ids": x} for x in ids]
+
+    def expected_hit_rate(self, block: int) -> float:
+        """What the prompts' own shared prefixes let a cache serve within a pass (text prompts of a
+        real model are not tokenised here: 0, so any hit is flagged for a look)."""
+        from hpo_infer.workload import Workload
+
+        return Workload(self._base_ids, 0).expected_hit_rate(block) if self._base_ids else 0.0
+
+
+def _cache_counters(llm: Any) -> dict[str, int] | None:
+    """vLLM's prefix-cache counters (tokens queried, tokens served from the cache) so far."""
+    try:
+        metrics = llm.get_metrics()
+    except Exception:  # noqa: BLE001 - stats off, or a vLLM without them: no counters
+        return None
+    q = sum(int(m.value) for m in metrics if m.name == "vllm:prefix_cache_queries")
+    h = sum(int(m.value) for m in metrics if m.name == "vllm:prefix_cache_hits")
+    return {"queries": q, "hits": h}
+
+
+def _cache_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, int] | None:
+    if before is None or after is None:
+        return None
+    return {k: after[k] - before[k] for k in ("queries", "hits")}
 
 
 def _resolved(llm: Any) -> dict[str, Any]:

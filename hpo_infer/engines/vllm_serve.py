@@ -98,7 +98,7 @@ class VLLMServeEngine(VLLMEngine):
         from hpo_infer import model_source as models
         from hpo_infer.engines.vllm import _memory_in_use
         from hpo_infer.measurement.result import EngineResult
-        from hpo_infer.measurement.timing import spread
+        from hpo_infer.measurement.timing import cache_flag, spread
 
         p = dict(request.params)
         emit(PHASE, {"phase": "loading"})
@@ -123,6 +123,7 @@ class VLLMServeEngine(VLLMEngine):
         if "synthetic" in request.model:
             cmd += ["--load-format", "dummy"]  # random weights; the folder's tokenizer serves the text
         env = {**os.environ, "VLLM_CACHE_ROOT": os.environ.get("VLLM_CACHE_ROOT", str(compile_cache_dir()))}
+        env["VLLM_SERVER_DEV_MODE"] = "1"  # POST /reset_prefix_cache between load runs, as vllm bench sweep does
         t0 = time.perf_counter()
         # Own session: stopping it ends the API server and its engine-core children together.
         server = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -131,10 +132,24 @@ class VLLMServeEngine(VLLMEngine):
             start_s = time.perf_counter() - t0
             resolved = {"port": port, "vllm_version": self.version(), "server_args": cmd[len(_VLLM_CLI) :]}
             emit(STARTED, {"start_s": start_s, "resolved": resolved})
-            emit(PHASE, {"phase": "measuring"})
             goal = request.extra.get("objective") or {}
+            cold = bool(request.measurement.get("cold", True))
             with tempfile.TemporaryDirectory(prefix="hpo-bench-") as out:
-                bench = lambda q, r: _bench(base, served, path, request, q, Path(out), r)  # noqa: E731
+
+                def bench(q: dict[str, Any], r: int) -> dict[str, Any]:
+                    """One load run, cold: the server's prefix cache reset, fresh prompts (seed per run)."""
+                    if cold:
+                        _reset_prefix_cache(base)
+                    before = _cache_counters(base)
+                    res = _bench(base, served, path, request, q, Path(out), r)
+                    cache = _cache_delta(before, _cache_counters(base))
+                    if cache is not None:
+                        res["prefix_cache"] = cache
+                    return res
+
+                emit(PHASE, {"phase": "warmup"})
+                warm = bench(p, -1)  # first-seen shapes and JIT, on prompts no timed run sends; not counted
+                emit(PHASE, {"phase": "measuring"})
                 if goal.get("metric") == "goodput":
                     runs, search = _goodput(bench, p, goal, request.repeats, emit)
                     resolved["goodput_search"] = search
@@ -154,15 +169,21 @@ class VLLMServeEngine(VLLMEngine):
                 completed=min(int(x["completed"]) for x in runs),
                 failed=max(int(x.get("failed") or 0) for x in runs),
             )
+            records = [_repeat_record(x, i) for i, x in enumerate(runs)]
+            w = request.workload
+            n = int(w["prompts"])
+            expected = float(w.get("prefix_tokens") or 0) / float(w["input_tokens"]) * (n - 1) / n
+            resolved["expected_hit_rate"] = expected
             return EngineResult(
                 value=statistics.median(rates),
                 spread=spread(rates),
-                repeats=[_repeat_record(x, i) for i, x in enumerate(runs)],
+                repeats=records,
                 metrics=metrics,
                 start_s=start_s,
                 resolved=resolved,
                 peak_mem_bytes=_memory_in_use(),
-                warmup_s=0.0,
+                warmup_s=float(warm["duration"]),
+                cache_flag=cache_flag(records, expected),
             )
         finally:
             _stop(server)
@@ -173,12 +194,47 @@ class TargetsMissed(ValueError):
 
 
 def _repeat_record(res: dict[str, Any], r: int) -> dict[str, Any]:
-    return {
+    rec = {
         "repeat": r,
         "tokens": int(res["total_output_tokens"]),
         "seconds": float(res["duration"]),
         "tok_s": float(res["output_throughput"]),
     }
+    if res.get("prefix_cache"):
+        rec["cache"] = res["prefix_cache"]
+    return rec
+
+
+def _reset_prefix_cache(base: str) -> None:
+    """POST /reset_prefix_cache (served with VLLM_SERVER_DEV_MODE=1); a server without it is noted in the log."""
+    try:
+        req = urllib.request.Request(f"{base}/reset_prefix_cache", method="POST", data=b"")
+        with urllib.request.urlopen(req, timeout=30):
+            pass
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"hpo-infer: POST /reset_prefix_cache failed: {exc}", file=sys.stderr)
+
+
+def _cache_counters(base: str) -> dict[str, int] | None:
+    """The server's prefix-cache counters (tokens queried, tokens served from the cache) from /metrics."""
+    try:
+        with urllib.request.urlopen(f"{base}/metrics", timeout=30) as resp:
+            text = resp.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError):
+        return None
+    out = {"queries": 0, "hits": 0}
+    for line in text.splitlines():
+        for key, name in (("queries", "vllm:prefix_cache_queries_total"), ("hits", "vllm:prefix_cache_hits_total")):
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                out[key] += int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+def _cache_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, Any] | None:
+    if before is None or after is None:
+        return None
+    q, h = after["queries"] - before["queries"], after["hits"] - before["hits"]
+    return {"queries": q, "hits": h, "hit_rate": h / q if q else 0.0}
 
 
 def _goodput(
@@ -310,7 +366,7 @@ def _bench(
         str(w["output_tokens"]),
         "--ignore-eos",
         "--seed",
-        str(request.seed + r),
+        str(request.seed + r + 1),  # every run its own prompts; r = -1 is the warm-up's
         "--percentile-metrics",
         ",".join(_LATENCIES),
         "--metric-percentiles",
@@ -321,9 +377,9 @@ def _bench(
         "--result-filename",
         name,
         "--disable-tqdm",
-        "--num-warmups",
-        str(min(4, int(w["prompts"]))),
-    ]  # first requests after start run cold
+    ]
+    if w.get("prefix_tokens"):
+        cmd += ["--random-prefix-len", str(w["prefix_tokens"])]
     if p.get("request_rate") not in (None, AUTO):
         cmd += ["--request-rate", str(p["request_rate"])]
     if p.get("max_concurrency") not in (None, AUTO):

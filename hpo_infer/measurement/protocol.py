@@ -39,6 +39,8 @@ class TrialRequest:
     # For re-validation of finalists in one worker session: several configs, measured in turn.
     configs: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # engine-specific (e.g. fault mode)
+    # How to measure: min_pass_s, precision, max_repeats, cold (the spec's measurement section).
+    measurement: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

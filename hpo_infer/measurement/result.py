@@ -39,6 +39,8 @@ class EngineResult:
     # Latencies and counts a spec's ``objective.slo`` may bound (vllm-serve: p99_ttft_ms ...,
     # goodput_request_rate, request_throughput, completed, failed).
     metrics: dict[str, float] = field(default_factory=dict)
+    # Set when a timed pass hit the prefix cache more than the workload's shared prefixes explain.
+    cache_flag: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The RESULT event's data: plain JSON types only (anything else, e.g. a Path, as its str)."""

@@ -16,7 +16,15 @@ import yaml
 from hpo_infer.engines import engine_class, engine_names
 from hpo_infer.errors import InputError
 from hpo_infer.storage_url import mask
-from hpo_infer.study.trials import VALIDATION, baseline_trial, gain_pct, ranked, settings_of
+from hpo_infer.study.trials import (
+    VALIDATION,
+    baseline_trial,
+    cache_warnings,
+    gain_pct,
+    ranked,
+    settings_of,
+    uncertainty,
+)
 from hpo_infer.study.verdict import describe
 
 FORMATS = ("yaml", "json", "vllm-cli", "hf-kwargs")
@@ -83,6 +91,8 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
         "settings": best.user_attrs.get("settings", settings_of(best)),
         "throughput_tok_s": best.value,
         "throughput_spread": best.user_attrs.get("spread"),
+        "throughput_uncertainty": uncertainty(best),
+        "cache_warnings": cache_warnings([t for t in (best, base) if t is not None]) or None,
         "trial": best.number,
         "baseline_tok_s": base.value if base else None,
         "baseline_resolved": base.user_attrs.get("resolved") if base else None,
@@ -145,9 +155,11 @@ def _model_ref(rec: dict[str, Any]) -> str:
 def _comment(rec: dict[str, Any]) -> str:
     lines = [
         f"# hpo-infer best of study {rec['study']}",
-        f"# measured {rec['throughput_tok_s']:.1f} tok/s (baseline {rec['baseline_tok_s'] or float('nan'):.1f} tok/s)",
+        f"# measured {rec['throughput_tok_s']:.1f} tok/s ({rec.get('throughput_uncertainty', '-')}; "
+        f"baseline {rec['baseline_tok_s'] or float('nan'):.1f} tok/s)",
         f"# {rec['verdict']}",
     ]
+    lines += [f"# warning: {w}" for w in rec.get("cache_warnings") or []]
     serving = rec.get("serving") or {}
     if serving.get("goodput_request_rate"):
         targets = ", ".join(f"{k} <= {v:g}" for k, v in sorted(serving["slo"].items()))

@@ -13,6 +13,7 @@ import optuna
 
 from hpo_infer.storage_url import mask
 from hpo_infer.study import optuna_api
+from hpo_infer.study.trials import uncertainty
 
 
 def trial_note(t: optuna.trial.FrozenTrial) -> str:
@@ -26,9 +27,14 @@ def trial_note(t: optuna.trial.FrozenTrial) -> str:
     if t.value is not None and status == "ok":
         sp = a.get("spread") or {}
         lines.append(
-            f"throughput: **{t.value:,.1f} tok/s**"
-            f" (median of {sp.get('n', '?')}, min {sp.get('min', 0):,.1f}, max {sp.get('max', 0):,.1f})"
+            f"throughput: **{t.value:,.1f} tok/s** ({uncertainty(t)};"
+            f" min {sp.get('min', 0):,.1f}, max {sp.get('max', 0):,.1f})"
         )
+    if a.get("prefix_cache"):
+        rates = ", ".join(f"{c.get('hit_rate', 0):.1%}" for c in a["prefix_cache"])
+        lines.append(f"prefix-cache hit rate of the timed repeats: {rates}")
+    if a.get("cache_flag"):
+        lines.append(f"**warning**: {a['cache_flag']}")
     for key, label in (
         ("start_s", "engine start"),
         ("warmup_s", "warm-up"),

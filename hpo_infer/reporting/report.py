@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo_infer.storage_url import mask
-from hpo_infer.study.trials import baseline_trial, gain_pct, ranked
+from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, uncertainty
 from hpo_infer.study.verdict import describe
 
 
@@ -222,7 +222,7 @@ def summary_markdown(study: optuna.Study, plots: dict[str, Path | None]) -> str:
     out.append(f"workload `{json.dumps(a.get('workload'), default=str)}`")
     out.append("")
     out.append(f"{len(trials)} trials: " + ", ".join(f"{n} {k}" for k, n in sorted(by_status.items())))
-    out += ["", "| | trial | settings | tokens/s | vs baseline |", "|---|---|---|---|---|"]
+    out += ["", "| | trial | settings | tokens/s | uncertainty | vs baseline |", "|---|---|---|---|---|---|"]
     rows = ([("baseline", base)] if base else []) + [
         ("best" if i == 0 else f"#{i + 1}", t) for i, t in enumerate(best_list[:3])
     ]
@@ -230,8 +230,9 @@ def summary_markdown(study: optuna.Study, plots: dict[str, Path | None]) -> str:
         gain = f"{gain_pct(t.value, base.value):+.1f}%" if base and base.value else "-"
         out.append(
             f"| {role} | {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` "
-            f"| {t.value:,.1f} | {gain} |"
+            f"| {t.value:,.1f} | {uncertainty(t)} | {gain} |"
         )
+    out += [f"**warning**: {w}" for w in cache_warnings(trials)]
     if best_list and base and base.value:
         out += ["", f"**gain of best over baseline: {gain_pct(best_list[0].value, base.value):+.1f}%**"]
     out.append(f"re-validation: {describe(a.get('validation'))}")

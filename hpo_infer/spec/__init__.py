@@ -4,6 +4,7 @@ the file and key. ``space`` turns its search space into Optuna distributions."""
 from hpo_infer.spec.space import Param
 from hpo_infer.spec.study_spec import (
     BudgetSpec,
+    MeasurementSpec,
     ModelSpec,
     ObjectiveSpec,
     PrunerSpec,
@@ -17,6 +18,7 @@ from hpo_infer.spec.study_spec import (
 
 __all__ = [
     "BudgetSpec",
+    "MeasurementSpec",
     "ModelSpec",
     "ObjectiveSpec",
     "Param",

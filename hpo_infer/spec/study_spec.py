@@ -51,9 +51,14 @@ class WorkloadSpec(BaseModel):
     path: Optional[str] = None
     field: Optional[str] = None
     limit: Optional[int] = Field(default=None, gt=0)
+    # Synthetic: every prompt of a pass starts with the same this-many tokens (vllm bench serve's
+    # --random-prefix-len): a prefix cache serving them within a pass is the workload's, not an artefact.
+    prefix_tokens: Optional[int] = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _kind(self) -> "WorkloadSpec":
+        if self.prefix_tokens and self.kind != "synthetic":
+            raise ValueError("'prefix_tokens' is for synthetic workloads (a prompt file's prompts are as given)")
         if self.kind == "synthetic":
             if self.prompts is None or self.input_tokens is None:
                 raise ValueError("synthetic workloads need 'prompts' and 'input_tokens'")
@@ -64,6 +69,11 @@ class WorkloadSpec(BaseModel):
                 raise ValueError("'input_tokens' must be > 0")
             if self.path is not None:
                 raise ValueError("synthetic workloads take no 'path'")
+            shortest = self.input_tokens if isinstance(self.input_tokens, int) else self.input_tokens[0]
+            if self.prefix_tokens and self.prefix_tokens > shortest:
+                raise ValueError(
+                    f"'prefix_tokens' ({self.prefix_tokens}) is longer than the shortest prompt ({shortest})"
+                )
         else:
             if self.path is None:
                 raise ValueError(f"{self.kind} workloads need 'path'")
@@ -98,6 +108,18 @@ class BudgetSpec(BaseModel):
         return self
 
 
+class MeasurementSpec(BaseModel):
+    """How each trial measures (see hpo_infer.measurement.timing): cold passes of at least
+    ``min_pass_s``, repeated (``repeats`` at least) until the 95% CI of the mean is within
+    ``precision`` of it, or ``max_repeats``."""
+
+    model_config = _STRICT
+    min_pass_s: float = Field(default=1.0, gt=0, le=3600)
+    precision: float = Field(default=0.03, gt=0, le=1)
+    max_repeats: int = Field(default=10, gt=0, le=1000)
+    cold: bool = True  # false: passes may be served by an earlier pass's cache (to show the artefact)
+
+
 class ObjectiveSpec(BaseModel):
     model_config = _STRICT
     # throughput: output tokens/s of the workload as given. goodput (serving engines): output
@@ -130,7 +152,11 @@ class StudySpec(BaseModel):
     budget: BudgetSpec
     trial_timeout_s: float = Field(default=600, gt=0)
     repeats: int = Field(default=3, gt=0, le=100)
+    measurement: MeasurementSpec = Field(default_factory=MeasurementSpec)
     validate_finalists: bool = True
+    # Re-validation measures each finalist in this many fresh engine starts, interleaved
+    # (A B C A B C): the baseline's starts give the study's noise floor.
+    validation_rounds: int = Field(default=2, ge=1, le=10)
     # Grid studies: up to this many waiting grid points that differ only in the engine's
     # client-side settings (batch_size...) are measured in one worker on one started engine.
     trials_per_engine: int = Field(default=16, ge=1, le=1024)
@@ -150,6 +176,7 @@ class StudySpec(BaseModel):
         if self.objective.metric == "goodput":
             extra["objective"] = self.objective.model_dump()
         return TrialRequest(
+            measurement=self.measurement.model_dump(),
             engine=self.engine,
             params=configs[0],
             model=self.model.model_dump(exclude_none=True),
@@ -219,6 +246,11 @@ def from_dict(
     _check_slo(spec)
     _check_engine_files(spec, base_dir)
     _check_sampler(spec)
+    if spec.measurement.max_repeats < spec.repeats:
+        raise InputError(
+            f"{src}: measurement.max_repeats",
+            f"{spec.measurement.max_repeats} is fewer than repeats ({spec.repeats}), the least a trial measures",
+        )
     spec.storage = _pick_storage(spec, storage_override)
     return spec
 

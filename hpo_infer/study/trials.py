@@ -53,3 +53,19 @@ def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def settings_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """The engine settings a trial ran with: its params plus the spec's fixed settings."""
     return {**t.user_attrs.get("fixed", {}), **t.params}
+
+
+def uncertainty(t: optuna.trial.FrozenTrial) -> str:
+    """How sure a trial's value is: repeats, the 95% CI of the mean and the CV (a trial measured
+    before they were kept shows its relative spread)."""
+    sp = t.user_attrs.get("spread") or {}
+    if not sp:
+        return "-"
+    if "ci_rel" in sp:
+        return f"n={int(sp.get('n', 0))}, ±{sp['ci_rel'] * 100:.1f}% (95% CI), CV {sp.get('cv', 0) * 100:.1f}%"
+    return f"n={int(sp.get('n', 0))}, ±{sp.get('rel_spread', 0) * 50:.1f}%"
+
+
+def cache_warnings(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """One line per trial whose timed passes the prefix cache served beyond the workload's prefixes."""
+    return [f"trial {t.number}: {t.user_attrs['cache_flag']}" for t in trials if t.user_attrs.get("cache_flag")]

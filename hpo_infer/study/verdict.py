@@ -49,7 +49,10 @@ def describe(v: dict[str, Any] | None) -> str:
             for k, m in v.get("measured", {}).items()
             if m.get("status") != COMPLETE
         )
-    text = f"best vs baseline {bb['gain_pct']:+.1f}% (p={_p(bb['p_value'])})"
+    lead = ""
+    if v.get("baseline_is_best"):
+        lead = f"the engine defaults measured best; the next configuration (trial {v['measured']['best']['trial']}) "
+    text = f"{lead}best vs baseline {bb['gain_pct']:+.1f}% (p={_p(bb['p_value'])})"
     if not bb["significant"]:
         text += ": inside the noise, a tie with the engine defaults"
     elif bb["gain_pct"] > 0:
@@ -63,6 +66,8 @@ def describe(v: dict[str, Any] | None) -> str:
             text += ", a tie"
         elif br["gain_pct"] < 0:
             text += ", the runner-up measured better on re-validation"
+    if v.get("noise_floor_pct") is not None:
+        text += f" (noise floor: the defaults' {v.get('rounds', 2)} engine starts {v['noise_floor_pct']:.1f}% apart)"
     return text
 
 

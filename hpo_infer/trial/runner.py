@@ -47,6 +47,7 @@ class ConfigResult:
     peak_mem_bytes: int | None = None
     warmup_s: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # latencies etc. that objective.slo may bound
+    cache_flag: str | None = None  # a timed pass served by the prefix cache beyond the workload's own prefixes
     reason: str | None = None
     error: str | None = None
     reached: bool = False  # the worker got to this config (sent any event for it)
@@ -61,6 +62,7 @@ class ConfigResult:
         self.peak_mem_bytes = res.peak_mem_bytes
         self.warmup_s = res.warmup_s
         self.metrics = res.metrics
+        self.cache_flag = res.cache_flag
         if res.start_s is not None:
             self.start_s = res.start_s
         if res.resolved:
@@ -246,7 +248,7 @@ def _apply(ev: Event, results: list[ConfigResult], env_fp: dict[str, Any]) -> No
         r.start_s = d.get("start_s")
         r.resolved = d.get("resolved") or {}
     elif ev.kind == REPEAT:
-        r.windows.append({k: d.get(k) for k in ("repeat", "tokens", "seconds", "tok_s", "windows")})
+        r.windows.append({k: d.get(k) for k in ("repeat", "tokens", "seconds", "tok_s", "cycles", "cache", "windows")})
     elif ev.kind == RESULT:
         r.complete(EngineResult.from_dict(d))
     elif ev.kind == INFEASIBLE:
