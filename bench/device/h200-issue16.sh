@@ -8,7 +8,7 @@
 set -x
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH HPO_INFER_CACHE=/root/hpo-cache
 CFG=$PWD/.device/configs
-DB=sqlite:////root/h200.db
+DB=${DB:-sqlite:////root/h200.db}
 date -u; nvidia-smi -L
 case "$1" in
   vllm)
@@ -25,5 +25,5 @@ case "$1" in
 esac
 echo "tune exit: $?"
 python3 bench/device/dump_trials.py $DB $OUT/trials.json | tee $OUT/trials.txt
-cp /root/h200.db $OUT/h200.db
+cp ${DB#sqlite:///} $OUT/
 date -u

@@ -297,8 +297,11 @@ class VLLMEngine(Engine):
             sampling = SamplingParams(max_tokens=n_out, min_tokens=n_out, ignore_eos=True, temperature=0.0)
 
             def run(batch: list[Any]) -> PassResult:
-                if prompts.reset_between and rules.cold:
-                    llm.reset_prefix_cache()  # fixed prompts: no pass may be served by the one before
+                if rules.cold:
+                    # Fixed prompts: no pass may be served by the one before. Fresh prompts too:
+                    # on the H200 a cache filling with earlier passes' blocks slowed later passes
+                    # (eviction), 16,804 -> 14,820 tok/s over six repeats (BENCHMARKS.md).
+                    llm.reset_prefix_cache()
                 before = _cache_counters(llm)
                 windows = []
                 for i in range(0, len(batch), bs):
@@ -309,7 +312,7 @@ class VLLMEngine(Engine):
 
             # Warm-up: fresh prompts through every step shape the timed passes run (filling the
             # batch, decoding at max_num_seqs, draining); CUDA graphs were captured at start.
-            warm_n = max(64, 2 * int(resolved.get("max_num_seqs") or 0))
+            warm_n = max(64, int(resolved.get("max_num_seqs") or 0))
             result = measure(
                 lambda i: run(prompts.draw(i if rules.cold else 0)),
                 rules,
@@ -349,8 +352,8 @@ def compile_cache_dir() -> Path:
 
 class _Prompts:
     """The prompts of each pass. A synthetic workload draws fresh token ids for every pass (the
-    same lengths and shared-prefix length), so no pass can be served by an earlier one's prefix
-    cache; a prompt file's fixed list is sent again after a cache reset (``reset_between``)."""
+    same lengths and shared-prefix length); a prompt file's fixed list is sent again. Either way
+    the engine's prefix cache is reset before each pass (the cold rule in ``_run``)."""
 
     def __init__(self, request: "TrialRequest", llm: Any, path: str, synthetic: bool) -> None:
         from hpo_infer import workload
@@ -359,7 +362,6 @@ class _Prompts:
         self.vocab = int(llm.llm_engine.model_config.get_vocab_size())
         base = workload.load(self.spec, vocab_size=self.vocab)
         self.count = len(base.prompts)
-        self.reset_between = not base.is_tokens  # fixed prompts
         if base.is_tokens:
             self.fixed, ids = None, base.prompts
         elif not synthetic:
