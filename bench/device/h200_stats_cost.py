@@ -40,5 +40,8 @@ for i in range(5):
         gc.unfreeze()
     rates.append(sum(len(o.outputs[0].token_ids) for o in outs) / dt)
 timed = rates[1:]
-print("RESULT", json.dumps({"variant": variant, "warmup": round(rates[0]), "passes": [round(r) for r in timed],
-      "mean": round(statistics.fmean(timed)), "cv_pct": round(statistics.stdev(timed) / statistics.fmean(timed) * 100, 2)}))  # fmt: skip
+mean = statistics.fmean(timed)
+cv = round(statistics.stdev(timed) / mean * 100, 2)
+out = {"variant": variant, "warmup": round(rates[0]), "passes": [round(r) for r in timed]}
+out.update(mean=round(mean), cv_pct=cv)
+print("RESULT", json.dumps(out), flush=True)
