@@ -19,6 +19,7 @@ CAMPAIGN = {
         "sampler": {"name": "grid"},
         "budget": {"trials": 10},
         "repeats": 2,
+        "measurement": {"min_pass_s": 0.2, "max_repeats": 2},  # two repeats exactly: the counts below
         "trial_timeout_s": 400,
         "validate_finalists": False,
     },

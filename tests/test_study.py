@@ -116,7 +116,8 @@ def test_finalists_are_revalidated_and_export_carries_the_evidence(tmp_path: Pat
     study, res = _tune(tmp_path, spec)
     v = study.user_attrs["validation"]
     assert set(v["measured"]) == {"baseline", "best", "runner_up"}
-    assert len(v["measured"]["best"]["repeats"]) == 3
+    # Each finalist in its own engine starts, interleaved: 3 repeats in each of the rounds.
+    assert len(v["measured"]["best"]["repeats"]) == 3 * v["rounds"] and len(v["measured"]["best"]["start_values"]) == 2
     assert v["best_vs_baseline"]["significant"] is True
     assert "larger than the noise" in res.stdout
     db = f"sqlite:///{tmp_path / 's.db'}"

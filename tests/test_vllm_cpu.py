@@ -185,16 +185,20 @@ def test_prompts_are_token_ids_for_synthetic_models(tmp_path: Path) -> None:
     model = {"synthetic": "tiny-llama"}
     path = models.materialize(model)
     syn = TrialRequest("vllm", {}, model, {"kind": "synthetic", "prompts": 3, "input_tokens": 5, "output_tokens": 2})
-    got = V._prompts(syn, _FakeLLM, path, synthetic=True)
+    sets = V._Prompts(syn, _FakeLLM, path, synthetic=True)
+    got = sets.draw(0)
     assert [len(p["prompt_token_ids"]) for p in got] == [5, 5, 5]
     assert all(4 <= i < 512 for p in got for i in p["prompt_token_ids"])
+    fresh = sets.draw(1)  # the next pass: the same lengths, other tokens (no prefix-cache hits)
+    assert [len(p["prompt_token_ids"]) for p in fresh] == [5, 5, 5] and fresh != got
 
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_text('{"prompt": "def add(a, b):"}\n{"prompt": "The quick brown fox"}\n')
     text = TrialRequest("vllm", {}, model, {"kind": "jsonl", "path": str(jsonl), "output_tokens": 2})
-    ids = V._prompts(text, _FakeLLM, path, synthetic=True)  # no tokenizer in the engine: ours
+    ids = V._Prompts(text, _FakeLLM, path, synthetic=True).draw(0)  # no tokenizer in the engine: ours
     assert all(isinstance(p["prompt_token_ids"], list) and p["prompt_token_ids"] for p in ids)
-    assert V._prompts(text, _FakeLLM, path, synthetic=False) == ["def add(a, b):", "The quick brown fox"]
+    fixed = V._Prompts(text, _FakeLLM, path, synthetic=False)
+    assert fixed.draw(0) == ["def add(a, b):", "The quick brown fox"] == fixed.draw(3)  # a file's prompts, as given
 
 
 def test_engine_modules_stay_import_light() -> None:
@@ -284,6 +288,7 @@ def test_real_vllm_study_on_cpu(tmp_path: Path) -> None:
     raw.update(
         budget={"trials": 2},
         repeats=2,
+        measurement={"min_pass_s": 0.2, "max_repeats": 2},  # two repeats exactly (asserted below)
         trial_timeout_s=240,
         validate_finalists=False,
         sampler={"name": "random", "seed": 1},
