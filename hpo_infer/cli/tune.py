@@ -57,6 +57,9 @@ def run_validate_summarise(
     if spec.validate_finalists and not no_validate and not stop.is_set():
         from hpo_infer.agent.revalidate import revalidate
 
-        click.echo("re-validating baseline, best and runner-up in one worker session ...")
+        click.echo(
+            f"re-validating baseline, best and runner-up, each in {spec.validation_rounds} fresh engine starts"
+            " (interleaved) ..."
+        )
         validation = revalidate(study, spec, gpus) or validation
     print_summary(study, validation)
