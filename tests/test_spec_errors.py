@@ -52,6 +52,10 @@ CASES = [
     ("budget-negative", _set("budget.trials", -3), ["budget.trials", "greater than 0"]),
     ("budget-wrong-type", _set("budget.trials", "many"), ["budget.trials", "integer"]),
     ("repeats-zero", _set("repeats", 0), ["repeats"]),
+    ("max-repeats-below-repeats", _set("measurement", {"max_repeats": 2}), ["measurement.max_repeats", "fewer than"]),
+    ("precision-zero", _set("measurement", {"precision": 0}), ["measurement.precision", "greater than 0"]),
+    ("measurement-typo", _set("measurement", {"min_pass": 1}), ["measurement.min_pass", "unknown key"]),
+    ("prefix-too-long", _set("workload.prefix_tokens", 999), ["workload", "longer than the shortest prompt"]),
     ("timeout-string", _set("trial_timeout_s", "ten"), ["trial_timeout_s"]),
     (
         "empty-range",
