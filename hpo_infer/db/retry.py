@@ -69,7 +69,9 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def call_with_retry(fn: Callable[[], T], what: str, window_s: float | None = None) -> T:
-    """Run ``fn``; on a transient database error, back off (0.1 s doubling to 2 s) and try again."""
+    """Run ``fn``; on a transient database error, back off (0.1 s doubling to 2 s) and try again
+    until ``window_s`` has passed: the last sleep is cut short so that a last try lands on the
+    deadline (the window was cut early before: "retried for 4 s" was 2.9 s)."""
     window = retry_window_s() if window_s is None else window_s
     deadline = time.monotonic() + window
     delay = 0.1
@@ -78,13 +80,14 @@ def call_with_retry(fn: Callable[[], T], what: str, window_s: float | None = Non
         try:
             out = fn()
         except Exception as exc:  # noqa: BLE001 - filtered by is_transient
-            if not is_transient(exc) or time.monotonic() + delay > deadline:
-                raise
+            remaining = deadline - time.monotonic()
+            if not is_transient(exc) or remaining <= 0:
+                raise  # the whole window was tried: "retried for N s" means N s
             failures += 1
             if failures == 1:
                 first = mask(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
                 log.warning("storage unreachable during %s (%s); retrying for up to %.0f s", what, first[:200], window)
-            time.sleep(delay * (0.5 + random.random()))
+            time.sleep(min(delay * (0.5 + random.random()), remaining))  # the last try lands at the deadline
             delay = min(delay * 2, 2.0)
             continue
         if failures:

@@ -241,7 +241,8 @@ class ReplayEngine(Engine):
             },
         )
         emit(PHASE, {"phase": "measuring"})
-        draw = _sampler(res, float(p["noise"]), p["noise_source"])
+        # Seeded by the request and the point: a replayed study draws the same noise every run.
+        draw = _sampler(res, float(p["noise"]), p["noise_source"], f"{request.seed}/{sorted(criteria.items())}")
         rates, records = [], []
         for i in range(request.repeats):
             rate = draw()
@@ -268,16 +269,15 @@ class ReplayEngine(Engine):
         return "infeasible" if isinstance(exc, ReplayInfeasible) else "failed"
 
 
-def _sampler(res: recorded.Resolved, noise: float, source: str):
-    """One timed pass's throughput: the recorded value, or a draw around it."""
+def _sampler(res: recorded.Resolved, noise: float, source: str, seed: str):
+    """One timed pass's throughput: the recorded value, or a seeded draw around it."""
     value = float(res.value)  # type: ignore[arg-type]
+    rng = random.Random(seed)
     if source == "recorded" and len(res.values) > 1:
-        rng = random.Random()
         return lambda: rng.choice(res.values)
     sd = res.stdev if source == "recorded" and res.stdev else value * noise
     if not sd:
         return lambda: value
-    rng = random.Random()
     return lambda: max(value * 0.01, rng.gauss(value, sd))
 
 
