@@ -20,6 +20,7 @@ from typing import Any
 
 from hpo_infer.measurement import protocol
 from hpo_infer.measurement.protocol import ENV, FAILED, INFEASIBLE, RESULT, TrialRequest
+from hpo_infer.trial.tree import kill_tree  # now, not in the SIGTERM handler (a re-entrant import broke it)
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -33,16 +34,7 @@ def _prctl(option: int, value: int) -> None:
 
 
 def kill_own_tree() -> None:
-    import psutil
-
-    me = psutil.Process()
-    kids = me.children(recursive=True)
-    for p in kids:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(kids, timeout=5)
+    kill_tree(os.getpid(), include_root=False, wait_s=5.0)
 
 
 def _on_term(signum: int, frame: Any) -> None:
@@ -56,8 +48,6 @@ def _on_term(signum: int, frame: Any) -> None:
 
 
 def main() -> int:
-    import psutil  # noqa: F401 - imported now, not inside the SIGTERM handler (re-entrant import broke it)
-
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGTERM, _on_term)

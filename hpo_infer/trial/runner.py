@@ -20,10 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import psutil
-
 from hpo_infer.measurement.protocol import ENV, FAILED, INFEASIBLE, REPEAT, RESULT, STARTED, Event, TrialRequest
 from hpo_infer.measurement.result import EngineResult
+from hpo_infer.trial.tree import kill_tree
 
 # Outcome statuses.
 COMPLETE = "complete"
@@ -92,25 +91,6 @@ class Outcome:
         status = r.status if r.status in (COMPLETE, INFEASIBLE_S) else self.status
         wall = self.wall_s / len(self.configs)
         return Outcome(status, [r], self.env, wall, self.returncode, r.error or self.error, self.log_tail)
-
-
-def kill_tree(pid: int) -> None:
-    """Kill a process, its process group, and every descendant (even re-parented ones)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        procs = []
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(procs, timeout=10)
 
 
 def worker_env(gpus: list[int] | None) -> dict[str, str]:

@@ -1,0 +1,66 @@
+"""Ending a worker's whole process tree, without a race against a process that is forking.
+
+Listing the descendants and then killing them misses a child forked in between (a CI run left
+the fault engine's daemonised grandchild behind that way). So the tree is frozen first: every
+process found is sent SIGSTOP, which stops it forking, and the listing is repeated until it no
+longer grows; only then is everything killed. The worker is a child subreaper, so while it is
+alive (stopped, not dead) every orphan below it is still listed under it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+
+
+def _signal(procs: list[psutil.Process], sig: int) -> None:
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def _frozen_descendants(root: psutil.Process, rounds: int = 50) -> list[psutil.Process]:
+    """Stop every descendant of ``root`` and return them, once a listing finds nothing new."""
+    seen: dict[int, psutil.Process] = {}
+    for _ in range(rounds):
+        try:
+            found = root.children(recursive=True)
+        except psutil.Error:
+            break
+        new = [p for p in found if p.pid not in seen]
+        if not new:
+            break
+        _signal(new, signal.SIGSTOP)
+        seen.update((p.pid, p) for p in new)
+    return list(seen.values())
+
+
+def kill_tree(pid: int, include_root: bool = True, wait_s: float = 10.0) -> None:
+    """Kill every descendant of ``pid`` (and ``pid`` itself, with its process group, if
+    ``include_root``), freezing the tree first so that nothing forked meanwhile survives."""
+    try:
+        root = psutil.Process(pid)
+    except psutil.Error:
+        root = None
+    if include_root:
+        try:
+            os.killpg(pid, signal.SIGSTOP)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if root is not None:
+            _signal([root], signal.SIGSTOP)
+    procs = _frozen_descendants(root) if root is not None else []
+    _signal(procs, signal.SIGKILL)
+    if include_root:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if root is not None:
+            _signal([root], signal.SIGKILL)
+            procs.append(root)
+    psutil.wait_procs(procs, timeout=wait_s)
