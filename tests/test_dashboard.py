@@ -12,11 +12,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import fault_spec, run_cli, write_spec
+from conftest import fault_spec, run_cli, tagged, write_spec
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = [
@@ -151,3 +152,48 @@ def test_dashboard_help_warns_about_authentication() -> None:
     assert res.returncode == 0
     text = " ".join(res.stdout.split())
     assert "NO authentication" in text and "127.0.0.1" in text
+
+
+@pytest.mark.postgres
+def test_dashboard_keeps_the_password_out_of_every_command_line_and_sigterm_ends_it(pg_url: str) -> None:
+    """optuna-dashboard runs inside ``hpo-infer dashboard``: no child whose argv ``ps`` shows with
+    the password, and a SIGTERM to the command alone (docker stop, systemd) leaves nothing behind."""
+    from urllib.parse import urlparse
+
+    password = urlparse(pg_url).password
+    assert password
+    tag = uuid.uuid4().hex
+    port = _free_port()
+    env = {**os.environ, "HPO_INFER_STORAGE": pg_url, "HPO_TEST_TAG": tag}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo_infer", "dashboard", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        for _ in range(300):
+            try:
+                assert _get(f"http://127.0.0.1:{port}/api/studies")["study_summaries"] == []
+                break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("the dashboard never answered")
+        mine = tagged(tag)
+        assert [p.pid for p in mine] == [proc.pid], "optuna-dashboard runs in the command's own process"
+        leaks = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            if password in " ".join(p.info["cmdline"] or []):
+                leaks.append(p.info)
+        assert not leaks, "the password is on a command line"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = proc.stdout.read() if proc.stdout else ""
+    assert rc == 0, out
+    assert password not in out and "Traceback" not in out
+    assert not tagged(tag), "processes left behind"

@@ -149,7 +149,7 @@ def run(
     """
     from hpo_infer.agent.loop import Agent, Progress
     from hpo_infer.agent.start import start_study
-    from hpo_infer.db.storage import connect
+    from hpo_infer.db.schema import connect_ready
     from hpo_infer.study.trials import ranked
 
     results = []
@@ -159,7 +159,7 @@ def run(
             break
         url = e.spec.storage
         if url not in storages:
-            storages[url] = connect(url, long_job=True)
+            storages[url] = connect_ready(url)
         started = start_study(e.spec, gpu, storage=storages[url])
         sname, study = started.name, started.study
         if study.user_attrs.get("campaign") != name:

@@ -225,6 +225,7 @@ class Agent:
             schema.ensure(url)
             self.recorder = Recorder(url, engine=getattr(optuna_api.backend(self.study), "engine", None))
         self.outcomes.recorder = self.recorder
+        optuna_api.waiting_first(self.study, lambda t: t.user_attrs.get(ROLE) == BASELINE)
 
     def run(self) -> None:
         """Optimise until a stop rule fires, the budget is spent, or a signal arrives."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo_infer.agent.stop_rules import spent
+from hpo_infer.agent.stop_rules import retried, spent
 from hpo_infer.spec import space as sp
 from hpo_infer.study import optuna_api
 from hpo_infer.study.trials import BASELINE, DUPLICATE_OF, ROLE
@@ -100,7 +100,8 @@ def take_pack(
         return []
     trials = study.get_trials(deepcopy=False)
     if spec.budget.trials is not None:  # the budget counts every trial taken
-        taken = sum(1 for t in trials if spent(t) or t.state == TrialState.RUNNING)
+        again = retried(trials)
+        taken = sum(1 for t in trials if spent(t, again) or t.state == TrialState.RUNNING)
         limit = min(limit, spec.budget.trials - taken)
     out: list[optuna.Trial] = []
     for t in trials:

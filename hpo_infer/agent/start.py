@@ -50,14 +50,13 @@ def start_study(
     gpu: "GPUInfo",
     name: str | None = None,
     preflight: bool = True,
-    skip_table_creation: bool = False,
     storage: Any = None,
 ) -> Started:
     """Pre-flight the engine, open the storage (retrying while it is unreachable) and create or
     load the study under its lock. ``preflight=False`` where it already ran on this host
     (a fleet's agent processes); ``storage``: one already opened (a campaign's studies share it)."""
     from hpo_infer.db.lock import StudyLock
-    from hpo_infer.db.storage import connect
+    from hpo_infer.db.schema import connect_ready
     from hpo_infer.engines import engine_class
     from hpo_infer.study.create import create_or_load
     from hpo_infer.study.naming import study_name
@@ -66,7 +65,7 @@ def start_study(
         engine_class(spec.engine).preflight(spec)  # settings the installed engine rejects: refused first
     name = name or study_name(spec, gpu)
     if storage is None:
-        storage = connect(spec.storage, long_job=True, skip_table_creation=skip_table_creation)
+        storage = connect_ready(spec.storage)  # the schema under its lock: many agents may start at once
     lock = StudyLock(spec.storage, f"study:{name}")
     with lock:  # many agents may create the study and set its attributes at once
         study = create_or_load(spec, storage, name, gpu)

@@ -23,10 +23,38 @@ WAIT = "wait"  # stop reason meaning: nothing to take now, but trials of other a
 REQUEUED = "requeued"  # trial attr: interrupted (or never reached in its pack) and queued again
 
 
-def spent(t: FrozenTrial) -> bool:
-    """Whether a trial counts against the trial budget: finished, and not an interrupted trial
-    whose copy was queued again (that copy counts when it runs)."""
-    return t.state in FINISHED and not (t.state == TrialState.FAIL and t.user_attrs.get(REQUEUED))
+def retried(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of the trials a later trial re-runs: ours (an interruption, a crash's one retry)
+    name theirs in ``retry_of``; Optuna's stale-trial retries (the trial of an agent that was
+    SIGKILLed) list every one before them in ``retry_history``."""
+    out: set[int] = set()
+    for t in trials:
+        if t.user_attrs.get("retry_of") is not None:
+            out.add(int(t.user_attrs["retry_of"]))
+        out.update(int(n) for n in t.system_attrs.get("retry_history", ()))
+    return out
+
+
+def spent(t: FrozenTrial, again: set[int] = frozenset()) -> bool:  # type: ignore[assignment]
+    """Whether a trial counts against the trial budget: finished, and not a failed trial whose
+    copy was queued again (``again``: see :func:`retried`; that copy counts when it runs). The
+    budget counts measurements: a trial whose agent died spent none of it."""
+    if t.state not in FINISHED:
+        return False
+    return not (t.state == TrialState.FAIL and (t.user_attrs.get(REQUEUED) or t.number in again))
+
+
+def baseline_waiting(trials: list[FrozenTrial]) -> bool:
+    """A queued baseline (its first run was interrupted or its agent died): measured before the end."""
+    return any(t.state == TrialState.WAITING and t.user_attrs.get(ROLE) == BASELINE for t in trials)
+
+
+def leftovers(study: optuna.Study) -> dict[str, list[int]]:
+    """Trials a study that stopped still holds queued or running, by state name (none: {})."""
+    out: dict[str, list[int]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+        out.setdefault(t.state.name, []).append(t.number)
+    return out
 
 
 def feasible(t: FrozenTrial) -> bool:
@@ -63,7 +91,8 @@ class StopRules:
             return "wall time", None
         optuna_api.fail_stale_trials(study)  # a dead agent's trial: failed, queued again
         trials = study.get_trials(deepcopy=False)
-        finished = [t for t in trials if spent(t)]
+        again = retried(trials)
+        finished = [t for t in trials if spent(t, again)]
         # Running trials far past their timeout belong to nobody (a run without heartbeats that
         # died): they neither count against the budget nor are waited for.
         running = [t for t in trials if t.state == TrialState.RUNNING and self.live([t])]
@@ -77,6 +106,8 @@ class StopRules:
             reason = "grid done"
         elif self._space_measured(trials):
             reason = "every point measured"
+        if reason is not None and baseline_waiting(trials):
+            reason = None  # the study's reference is measured before any stop rule ends it
         if reason is not None and running:
             return WAIT, finished
         return reason, finished

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-
 import click
 
 from hpo_infer.cli import options
@@ -29,21 +24,33 @@ HELP = (
 )
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 def dashboard(storage: str | None, host: str, port: int) -> None:
-    from hpo_infer.storage_url import choose, mask, normalise
+    import signal
+
+    from hpo_infer.db.storage import connect
+    from hpo_infer.storage_url import choose, mask
 
     url = choose(storage)
-    exe = shutil.which(
-        "optuna-dashboard", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    )
-    if exe is None:
-        raise InputError("dashboard", "optuna-dashboard is not installed (pip install 'hpo-infer[dashboard]')")
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise InputError(
+            "dashboard", "optuna-dashboard is not installed (pip install 'hpo-infer[dashboard]')"
+        ) from None
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: binding to {host}: optuna-dashboard has no authentication", err=True)
+    st = connect(url)
     click.echo(f"optuna-dashboard on http://{host}:{port}/dashboard for {mask(url)}", err=True)
-    # A list of arguments, never a shell string; the password travels in argv only to this child.
-    proc = subprocess.Popen([exe, normalise(url), "--host", host, "--port", str(port)])
+
+    def _stop(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    # In this process, through optuna-dashboard's Python API: no child whose command line would
+    # show the database password to every user of the host (``ps``), and none left running when
+    # SIGTERM (docker stop, systemd, kill) or Ctrl-C ends this command.
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        sys.exit(proc.wait())
+        optuna_dashboard.run_server(st, host=host, port=port)
     except KeyboardInterrupt:
-        proc.terminate()
-        sys.exit(proc.wait())
+        pass
+    except OSError as exc:  # the port taken, an address not on this host
+        raise InputError("--port", f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None

@@ -144,7 +144,7 @@ def _run_one(spec: "StudySpec", name: str, gpu: Any, group: list[int] | None, pr
     prefix = f"[agent {tag} {where}]"
     stop = threading.Event()
     install_signal_handlers(stop)
-    started = start_study(spec, gpu, name=name, preflight=preflight, skip_table_creation=True)
+    started = start_study(spec, gpu, name=name, preflight=preflight)
     if not os.environ.get(AGENT_ENV):
         click.echo(f"study {name}")
         click.echo(f"storage {mask(spec.storage)}")

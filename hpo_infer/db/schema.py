@@ -139,6 +139,28 @@ def ensure(url: str) -> SchemaState:
     return st if st.ready else upgrade(url)[1]
 
 
+def connect_ready(url: str) -> Any:
+    """What a long job (an agent, a campaign) opens: the schema created or migrated under the
+    schema lock first, then the storage, both retried while the database is unreachable.
+
+    Without the lock, agents started at once on a fresh storage race to create the tables (optuna
+    issue #1092): 3 of 8 ``tune`` started together on a new SQLite file died with
+    ``UNIQUE constraint failed: alembic_version.version_num``.
+    """
+    from hpo_infer.db.retry import call_with_retry, retry_window_s
+    from hpo_infer.db.storage import connect, first_line, retried
+    from hpo_infer.errors import StorageError
+
+    window = retry_window_s()
+    try:
+        call_with_retry(lambda: ensure(url), "creating the schema", window)
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
+        raise StorageError(f"cannot open {mask(url)}{retried(exc, window)}: {mask(first_line(exc))}") from None
+    return connect(url, long_job=True, skip_table_creation=True)
+
+
 def describe(url: str, st: SchemaState) -> list[str]:
     """Lines for ``hpo-infer db current``."""
 

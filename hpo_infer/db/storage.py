@@ -100,5 +100,17 @@ def connect(url: str, long_job: bool = False, skip_table_creation: bool = False)
             window,
         )
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
-        waited = f" (retried for {window:g} s)" if window else ""
-        raise StorageError(f"cannot open {mask(url)}{waited}: {mask(str(exc).splitlines()[0])}") from None
+        raise StorageError(f"cannot open {mask(url)}{retried(exc, window)}: {mask(first_line(exc))}") from None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def retried(exc: BaseException, window: float) -> str:
+    """ " (retried for N s)" only where it is true: a transient error tried for the whole window.
+    (An IntegrityError of a schema race was once reported as 120 s of retries that never happened.)"""
+    from hpo_infer.db.retry import is_transient
+
+    return f" (retried for {window:g} s)" if window and is_transient(exc) else ""

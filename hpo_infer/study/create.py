@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from hpo_infer.spec import StudySpec
 
 
+SAMPLER_LOADS = "sampler_loads"  # study attr: how many times the study was loaded to run (a seed component)
+
+
 def create_or_load(spec: "StudySpec", storage: Any, name: str, gpu: "GPUInfo") -> optuna.Study:
     study = optuna.create_study(
         study_name=name,
@@ -26,9 +29,15 @@ def create_or_load(spec: "StudySpec", storage: Any, name: str, gpu: "GPUInfo") -
         load_if_exists=True,
     )
     existing = len(study.get_trials(deepcopy=False))
-    if existing:
-        study.sampler = make_sampler(spec, offset=existing)
     attrs = study.user_attrs
+    # Every load of the study (an agent, a resume) draws its own start-up points: agents that
+    # start together see the same trial count, and with one seed they proposed the same points
+    # (an array of 3 SLURM tasks measured 4-6 distinct settings in 9 trials). Called under the
+    # study lock (agent.start), so no two loads get one number.
+    loads = int(attrs.get(SAMPLER_LOADS, 0))
+    study.set_user_attr(SAMPLER_LOADS, loads + 1)
+    if existing or loads:
+        study.sampler = make_sampler(spec, offset=existing, salt=loads)
     gpu = key_gpu(spec, gpu)
     if "engine" not in attrs:
         from hpo_infer.engines import engine_class

@@ -4,7 +4,8 @@ hpo-infer needs a few things Optuna 5 keeps private: a trial's storage id (to ha
 another call, to beat for it, to write a dashboard note on a stored trial), the study's storage
 (past its cache, to see what another agent wrote), the parameters an enqueued trial was given
 (the ``fixed_params`` system attribute), Optuna's heartbeat thread (for pack members that
-``optimize`` did not ask for) and the folder of Optuna's own Alembic migrations. The
+``optimize`` did not ask for), the order in which ``ask`` pops queued trials, and the folder
+of Optuna's own Alembic migrations. The
 ``optuna==5.0.0`` pin protects them; an Optuna upgrade is checked here, in one file.
 (:class:`hpo_infer.db.retry.ResilientRDBStorage` also wraps RDBStorage methods by name, two of
 them private: that list is the other place to read on an upgrade.)
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -63,6 +64,25 @@ def take_waiting(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial | Non
     if study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
         return optuna.trial.Trial(study, frozen._trial_id)
     return None
+
+
+def waiting_first(study: optuna.Study, first: Callable[[FrozenTrial], bool]) -> None:
+    """Make ``study.ask`` (and so ``optimize``) pop the WAITING trials for which ``first`` holds
+    before the rest; Optuna pops the oldest. A queued retry of the baseline is newer than the
+    grid points enqueued with it, yet must run before them: a study never ends without its
+    reference. Each pop is Optuna's own atomic WAITING -> RUNNING move, so agents never share one."""
+
+    def pop() -> int | None:
+        waiting = study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for t in sorted(waiting, key=lambda t: (not first(t), t.number)):
+            try:
+                if study._storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    return t._trial_id
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+        return None
+
+    study._pop_waiting_trial_id = pop  # type: ignore[method-assign]
 
 
 def live_trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:

@@ -10,12 +10,16 @@ if TYPE_CHECKING:
     from hpo_infer.spec import StudySpec
 
 
-def make_sampler(spec: "StudySpec", offset: int = 0) -> optuna.samplers.BaseSampler:
+SALT = 1_000_003  # a prime: ``seed + offset + SALT * salt`` keeps (offset, salt) pairs apart
+
+
+def make_sampler(spec: "StudySpec", offset: int = 0, salt: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler. ``offset`` (trials already in the study) shifts the seed on resume:
-    a seeded sampler restarted with the same seed proposes the same start-up points again."""
+    a seeded sampler restarted with the same seed proposes the same start-up points again.
+    ``salt`` (which load of the study this is) sets apart agents that start together."""
     s = spec.sampler
-    if s.seed is not None and offset:
-        s = s.model_copy(update={"seed": s.seed + offset})
+    if s.seed is not None and (offset or salt):
+        s = s.model_copy(update={"seed": (s.seed + offset + SALT * salt) % 2**32})
     opts = dict(s.options)
     name = sampler_name(spec)
     if name == "tpe":

@@ -30,6 +30,7 @@ INFEASIBLE_S = "infeasible"
 FAILED_S = "failed"
 TIMEOUT = "timeout"
 STOPPED = "stopped"  # pruned by the agent or interrupted by a signal
+STOP_GRACE_S = 2.0  # how long a worker killed by a signal waits for the agent's own stop flag
 
 LOG_TAIL_LINES = 40
 
@@ -176,6 +177,17 @@ def run_worker(
             status = TIMEOUT
     kill_tree(proc.pid)
     proc.wait()
+    if (
+        status is None
+        and stop is not None
+        and not all(r.status in (COMPLETE, INFEASIBLE_S) for r in results)
+        and _by_signal(proc.returncode)
+        and stop.wait(STOP_GRACE_S)
+    ):
+        # A signal to the whole job (scancel, a pod eviction, Ctrl-C in a terminal) reaches the
+        # worker and the agent at once, and the worker's end is often seen first: the trial was
+        # interrupted, not failed (7 of 7 scancels once lost their running trial that way).
+        status = STOPPED
     wall = time.monotonic() - t0
     log.seek(0)
     tail_lines = log.read().decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
@@ -199,6 +211,11 @@ def run_worker(
         if r.status == FAILED_S and r.error is None:
             r.error = error
     return Outcome(status, results, env_fp, wall, proc.returncode, error, tail)
+
+
+def _by_signal(rc: int | None) -> bool:
+    """Ended by a signal: killed (rc < 0), or exited from its SIGTERM/SIGINT/SIGHUP handler (128 + n)."""
+    return rc is not None and (rc < 0 or rc - 128 in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
 
 
 def _exit_reason(rc: int | None, tail: list[str]) -> str:
