@@ -24,6 +24,8 @@ from hpo_infer.study.verdict import describe, verdict
 from hpo_infer.trial.runner import COMPLETE, run_worker
 
 if TYPE_CHECKING:
+    import threading
+
     from hpo_infer.spec import StudySpec
 
 
@@ -69,8 +71,12 @@ def candidates(study: optuna.Study, engine: str) -> tuple[list[tuple[str, optuna
     return out, baseline_is_best
 
 
-def revalidate(study: optuna.Study, spec: "StudySpec", gpus: list[int] | None = None) -> dict[str, Any] | None:
-    """Re-measure the finalists, each in its own engine start, interleaved; store and return the verdict."""
+def revalidate(
+    study: optuna.Study, spec: "StudySpec", gpus: list[int] | None = None, stop: "threading.Event | None" = None
+) -> dict[str, Any] | None:
+    """Re-measure the finalists, each in its own engine start, interleaved; store and return the
+    verdict. A signal (``stop``) ends the running start at once and stores nothing: the same
+    command re-validates again."""
     cands, baseline_is_best = candidates(study, spec.engine)
     if not any(role == "best" for role, _ in cands):
         return None
@@ -79,11 +85,15 @@ def revalidate(study: optuna.Study, spec: "StudySpec", gpus: list[int] | None = 
     env: dict[str, Any] = {}
     for _ in range(spec.validation_rounds):
         for role, _t in cands:
+            if stop is not None and stop.is_set():
+                return None
             out = run_worker(
-                spec.request([configs[role]], repeats=max(spec.repeats, 3)), spec.trial_timeout_s, gpus=gpus
+                spec.request([configs[role]], repeats=max(spec.repeats, 3)), spec.trial_timeout_s, gpus=gpus, stop=stop
             )
             starts[role].append(out.first)
             env = out.env or env
+    if stop is not None and stop.is_set():
+        return None
     measured = {role: _pooled(t.number, configs[role], starts[role]) for role, t in cands}
     result: dict[str, Any] = {"measured": measured, "env": env, "rounds": spec.validation_rounds}
     if baseline_is_best:

@@ -46,6 +46,7 @@ def run_validate_summarise(
     agent: Any, study: Any, spec: Any, gpus: list[int] | None, no_validate: bool, stop: threading.Event
 ) -> None:
     """Run the agent with a progress bar, re-validate the finalists, print baseline vs best."""
+    from hpo_infer.agent.stop_rules import leftovers
     from hpo_infer.cli.ui import print_summary, progress_display
 
     with progress_display(agent.progress, spec.budget.trials):
@@ -53,6 +54,12 @@ def run_validate_summarise(
             agent.run()
         finally:
             agent.close()
+    left = leftovers(study)
+    if left and not stop.is_set():  # a stop rule ended the search with work still in the study: say which
+        held = "; ".join(
+            f"{state.lower()}: trial{'s' if len(n) > 1 else ''} {', '.join(map(str, n))}" for state, n in left.items()
+        )
+        click.echo(f"stopped ({agent.stopped_because}) with trials left in the study ({held})", err=True)
     validation = study.user_attrs.get("validation")
     if spec.validate_finalists and not no_validate and not stop.is_set():
         from hpo_infer.agent.revalidate import revalidate
@@ -61,5 +68,5 @@ def run_validate_summarise(
             f"re-validating baseline, best and runner-up, each in {spec.validation_rounds} fresh engine starts"
             " (interleaved) ..."
         )
-        validation = revalidate(study, spec, gpus) or validation
+        validation = revalidate(study, spec, gpus, stop) or validation
     print_summary(study, validation)

@@ -11,7 +11,6 @@ SIGTERM when its parent dies. On SIGTERM it kills its whole tree and exits.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -20,17 +19,12 @@ from typing import Any
 
 from hpo_infer.measurement import protocol
 from hpo_infer.measurement.protocol import ENV, FAILED, INFEASIBLE, RESULT, TrialRequest
-from hpo_infer.trial.tree import kill_tree  # now, not in the SIGTERM handler (a re-entrant import broke it)
-
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def _prctl(option: int, value: int) -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value, 0, 0, 0)
-    except OSError:
-        pass  # not Linux: the parent's process-group kill still applies
+from hpo_infer.trial.tree import (  # now, not in the SIGTERM handler (a re-entrant import broke it)
+    PR_SET_PDEATHSIG,
+    become_subreaper,
+    kill_tree,
+    prctl,
+)
 
 
 def kill_own_tree() -> None:
@@ -48,8 +42,8 @@ def _on_term(signum: int, frame: Any) -> None:
 
 
 def main() -> int:
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    become_subreaper()
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGTERM, _on_term)
     chan = protocol.open_channel()
     request = TrialRequest.from_json(sys.stdin.read())

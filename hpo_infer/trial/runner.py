@@ -17,12 +17,13 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from hpo_infer.measurement.protocol import ENV, FAILED, INFEASIBLE, REPEAT, RESULT, STARTED, Event, TrialRequest
 from hpo_infer.measurement.result import EngineResult
-from hpo_infer.trial.tree import kill_tree
+from hpo_infer.trial.tree import MARK, become_subreaper, kill_marked, kill_tree
 
 # Outcome statuses.
 COMPLETE = "complete"
@@ -118,12 +119,14 @@ def run_worker(
     env_fp: dict[str, Any] = {}
     log = tempfile.TemporaryFile(mode="w+b")
     t0 = time.monotonic()
+    become_subreaper()  # a worker killed from outside lets its orphans go: to us, not to init
+    mark = uuid.uuid4().hex
     proc = subprocess.Popen(
         command or [sys.executable, "-m", "hpo_infer.trial.process"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,
-        env=worker_env(gpus),
+        env={**worker_env(gpus), MARK: mark},
         start_new_session=True,
     )
     lines: queue.Queue[bytes | None] = queue.Queue()
@@ -177,6 +180,7 @@ def run_worker(
             status = TIMEOUT
     kill_tree(proc.pid)
     proc.wait()
+    kill_marked(mark)  # orphans of a worker that died first (they re-parented to us)
     if (
         status is None
         and stop is not None

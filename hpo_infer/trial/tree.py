@@ -5,14 +5,36 @@ the fault engine's daemonised grandchild behind that way). So the tree is frozen
 process found is sent SIGSTOP, which stops it forking, and the listing is repeated until it no
 longer grows; only then is everything killed. The worker is a child subreaper, so while it is
 alive (stopped, not dead) every orphan below it is still listed under it.
+
+A worker that is already dead (the OOM killer, a stray ``kill -9``) has let its orphans go. So the
+agent is a child subreaper too, and every process of a trial carries the trial's mark in its
+environment: orphans re-parent to the agent, and the mark tells them from the agent's other
+children.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 
 import psutil
+
+MARK = "HPO_INFER_TRIAL_MARK"  # environment variable every process of one trial inherits
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def prctl(option: int, value: int) -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value, 0, 0, 0)
+    except OSError:
+        pass  # not Linux: the process-group kill still applies
+
+
+def become_subreaper() -> None:
+    """Orphans of our descendants re-parent to this process (not init), where they can be found."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def _signal(procs: list[psutil.Process], sig: int) -> None:
@@ -64,3 +86,21 @@ def kill_tree(pid: int, include_root: bool = True, wait_s: float = 10.0) -> None
             _signal([root], signal.SIGKILL)
             procs.append(root)
     psutil.wait_procs(procs, timeout=wait_s)
+
+
+def kill_marked(mark: str, wait_s: float = 10.0) -> None:
+    """Kill our descendants whose environment carries ``MARK=mark``: a dead worker's orphans,
+    re-parented to this (subreaper) process."""
+    try:
+        kids = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    marked = []
+    for p in kids:
+        try:
+            if p.environ().get(MARK) == mark:
+                marked.append(p)
+        except (psutil.Error, OSError):
+            continue
+    for p in marked:
+        kill_tree(p.pid, wait_s=wait_s)
