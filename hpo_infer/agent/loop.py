@@ -32,7 +32,9 @@ from hpo_infer.agent.outcome import Interrupted, Outcomes, Surplus, WorkerFailed
 from hpo_infer.agent.progress import Progress
 from hpo_infer.agent.seeding import enqueue_baseline, enqueue_grid, shared_deadline
 from hpo_infer.agent.stop_rules import FINISHED, WAIT, StopRules, best_value
+from hpo_infer.db.retry import is_storage_failure, storage_cause
 from hpo_infer.engines import load_engine
+from hpo_infer.errors import StorageError
 from hpo_infer.measurement.protocol import PHASE, REPEAT, STARTED, Event
 from hpo_infer.reporting.notes import NoteCallback
 from hpo_infer.study import optuna_api
@@ -199,6 +201,7 @@ class Agent:
 
     # ---- the loop ------------------------------------------------------------------------
     def _after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.outcomes.unstored = None  # told: in the storage now
         finished = study.get_trials(deepcopy=False, states=FINISHED)
         self.progress.update(done=len(finished), best=best_value(finished), phase="next", last=trial)
 
@@ -229,6 +232,16 @@ class Agent:
 
     def run(self) -> None:
         """Optimise until a stop rule fires, the budget is spent, or a signal arrives."""
+        try:
+            self._run()
+        except StorageError:
+            raise
+        except Exception as exc:
+            if is_storage_failure(exc):
+                self._refused(exc)
+            raise
+
+    def _run(self) -> None:
         self._setup()
         assert self.lock is not None
         with self.lock:  # seeding once per study, whichever agent comes first
@@ -276,6 +289,17 @@ class Agent:
                 number,
                 str(exc)[:200],
             )
+
+    def _refused(self, exc: BaseException) -> None:
+        """The storage refused a write for good (a full disk, a read-only file): one line that
+        keeps what the trial in hand measured, instead of a traceback that loses it."""
+        from hpo_infer.db.storage import first_line
+        from hpo_infer.storage_url import mask
+
+        raise StorageError(
+            f"the storage refused a write: {mask(first_line(storage_cause(exc) or exc))}{self.outcomes.unstored_line()}"
+            "; fix the storage and run the same command to resume"
+        ) from None
 
     def _taken_over(self, exc: Exception) -> bool:
         """Whether the trial just run was failed in the storage by someone else before we told it."""

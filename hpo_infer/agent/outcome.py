@@ -93,6 +93,16 @@ class Outcomes:
         self, spec: "StudySpec", study: optuna.Study, stop: threading.Event, recorder: "Recorder | None" = None
     ) -> None:
         self.spec, self.study, self.stop, self.recorder = spec, study, stop, recorder
+        self.unstored: "Member | None" = None  # measured, not yet told to the storage
+
+    def unstored_line(self) -> str:
+        """What the trial in hand measured, for the error line when the storage refuses it."""
+        m = self.unstored
+        if m is None or m.out is None or m.out.first.value is None:
+            return ""
+        r = m.out.first
+        reps = ", ".join(f"{float(x['tok_s']):.1f}" for x in r.repeats)
+        return f"; trial {m.trial.number} measured {r.value:.1f} tok/s (repeats {reps}) with {m.settings}, not stored"
 
     def infeasible(self, trial: optuna.Trial, reason: str, launched: bool) -> float:
         trial.set_user_attr("status", "infeasible")
@@ -106,6 +116,7 @@ class Outcomes:
             return m.early
         trial, out = m.trial, m.out
         assert out is not None
+        self.unstored = m  # until the trial is told: an error line then says what it measured
         self.record(trial, out)
         r = out.first
         if out.status == STOPPED:

@@ -38,10 +38,14 @@ def retried(trials: list[FrozenTrial]) -> set[int]:
 def spent(t: FrozenTrial, again: set[int] = frozenset()) -> bool:  # type: ignore[assignment]
     """Whether a trial counts against the trial budget: finished, and not a failed trial whose
     copy was queued again (``again``: see :func:`retried`; that copy counts when it runs). The
-    budget counts measurements: a trial whose agent died spent none of it."""
+    budget counts measurements: a trial whose agent died, or that never got a worker, spent none."""
     if t.state not in FINISHED:
         return False
-    return not (t.state == TrialState.FAIL and (t.user_attrs.get(REQUEUED) or t.number in again))
+    if t.state != TrialState.FAIL:
+        return True
+    # A failure counts once it is final and a worker ran: not a trial the storage refused before
+    # its worker started (a full disk), nor one whose agent died before telling it.
+    return "worker_status" in t.user_attrs and not t.user_attrs.get(REQUEUED) and t.number not in again
 
 
 def baseline_waiting(trials: list[FrozenTrial]) -> bool:

@@ -97,8 +97,13 @@ class StudyLock:
 
         db = Path(make_url(self.url).database or "hpo-infer.db").expanduser().resolve()
         folder = Path(f"{db}.locks")
-        folder.mkdir(exist_ok=True)
-        f = open(folder / f"{lock_key(self.name) & 0xFFFFFFFFFFFFFFFF:016x}", "a+")  # noqa: SIM115 - held open while locked
+        try:
+            folder.mkdir(exist_ok=True)
+            f = open(folder / f"{lock_key(self.name) & 0xFFFFFFFFFFFFFFFF:016x}", "a+")  # noqa: SIM115 - held open while locked
+        except OSError as exc:  # a read-only or full directory: say so in one line
+            raise StorageError(
+                f"cannot lock {db}: {exc.strerror or exc} (the study lock is a file in {folder})"
+            ) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

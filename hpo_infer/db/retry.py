@@ -13,6 +13,7 @@ that way would be a spare RUNNING trial, failed later by the heartbeat check.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -40,8 +41,45 @@ def retry_window_s() -> float:
         raise InputError("HPO_INFER_DB_RETRY_S", f"must be a number of seconds, got {raw!r}") from None
 
 
-# Operational errors that waiting will not fix.
-PERMANENT = ("no such table", "no such column", "syntax error", "password authentication failed", "does not exist")
+# Operational errors that waiting will not fix: a wrong schema or password, and a storage that
+# cannot take writes (a read-only directory, a full disk, a file that is not a database).
+PERMANENT = (
+    "no such table",
+    "no such column",
+    "syntax error",
+    "password authentication failed",
+    "does not exist",
+    "readonly database",
+    "read-only file system",
+    "disk is full",
+    "no space left on device",
+    "disk i/o error",
+    "file is not a database",
+    "malformed",
+    "unable to open database file",
+)
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM)
+
+
+def storage_cause(exc: BaseException) -> BaseException | None:
+    """The innermost error of the database or of the file under it in ``exc``'s chain (Optuna
+    wraps "database or disk is full" in "An exception is raised during the commit"); None: none."""
+    found = None
+    e: BaseException | None = exc
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        if type(e).__module__.split(".")[0] in ("sqlalchemy", "sqlite3", "psycopg") or (
+            isinstance(e, OSError) and e.errno in STORAGE_ERRNOS
+        ):
+            found = e
+        e = e.__cause__ or e.__context__
+    return found
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """An error of the database or of the file under it (after any retries): one line, not a traceback."""
+    return storage_cause(exc) is not None
 
 
 def is_transient(exc: BaseException) -> bool:
