@@ -83,7 +83,7 @@ def run_agents(
     groups: list[list[int] | None], per_trial: int, spec_file: str | None, name: str, url: str, trials: int | None
 ) -> list[str]:
     """One agent process per group, signals passed on to them; what went wrong, one entry an agent."""
-    from hpo_infer.trial.process import PR_SET_PDEATHSIG, _prctl
+    from hpo_infer.trial.tree import PR_SET_PDEATHSIG, prctl
 
     procs: list[subprocess.Popen] = []
     for i, group in enumerate(groups):
@@ -93,7 +93,7 @@ def run_agents(
         argv += ["--trials", str(trials)] if trials else []
         # The URL travels in the environment, not in argv, where `ps` would show a password.
         env = {**os.environ, "HPO_INFER_STORAGE": url, AGENT_ENV: str(i), READY_ENV: "1"}
-        procs.append(subprocess.Popen(argv, env=env, preexec_fn=lambda: _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)))
+        procs.append(subprocess.Popen(argv, env=env, preexec_fn=lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)))
 
     received: list[int] = []
 
