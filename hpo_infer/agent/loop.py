@@ -49,6 +49,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("hpo_infer.agent")
 
 
+def refused(exc: BaseException, measured: str) -> None:
+    """The storage refused a write for good (a full disk, a read-only file): one line that keeps
+    what the trial in hand measured (``measured``), instead of a traceback that loses it."""
+    from hpo_infer.db.storage import first_line
+    from hpo_infer.storage_url import mask
+
+    raise StorageError(
+        f"the storage refused a write: {mask(first_line(storage_cause(exc) or exc))}{measured}"
+        "; fix the storage and run the same command to resume"
+    ) from None
+
+
 class _NoLock:
     """Stands in for the study lock on storages without one (in-memory studies in tests)."""
 
@@ -238,7 +250,7 @@ class Agent:
             raise
         except Exception as exc:
             if is_storage_failure(exc):
-                self._refused(exc)
+                refused(exc, self.outcomes.unstored_line())
             raise
 
     def _run(self) -> None:
@@ -289,17 +301,6 @@ class Agent:
                 number,
                 str(exc)[:200],
             )
-
-    def _refused(self, exc: BaseException) -> None:
-        """The storage refused a write for good (a full disk, a read-only file): one line that
-        keeps what the trial in hand measured, instead of a traceback that loses it."""
-        from hpo_infer.db.storage import first_line
-        from hpo_infer.storage_url import mask
-
-        raise StorageError(
-            f"the storage refused a write: {mask(first_line(storage_cause(exc) or exc))}{self.outcomes.unstored_line()}"
-            "; fix the storage and run the same command to resume"
-        ) from None
 
     def _taken_over(self, exc: Exception) -> bool:
         """Whether the trial just run was failed in the storage by someone else before we told it."""
