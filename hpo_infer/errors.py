@@ -4,6 +4,12 @@ on stderr and an exit code (:data:`hpo_infer.cli.EXIT`); the library never exits
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The one line of an error a message quotes: its first line, else its type's name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class HpoInferError(Exception):
     """Base of every error hpo-infer reports as one line, without a traceback."""
 

@@ -52,7 +52,7 @@ log = logging.getLogger("hpo_infer.agent")
 def refused(exc: BaseException, measured: str) -> None:
     """The storage refused a write for good (a full disk, a read-only file): one line that keeps
     what the trial in hand measured (``measured``), instead of a traceback that loses it."""
-    from hpo_infer.db.storage import first_line
+    from hpo_infer.errors import first_line
     from hpo_infer.storage_url import mask
 
     raise StorageError(

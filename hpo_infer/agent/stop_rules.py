@@ -35,7 +35,7 @@ def retried(trials: list[FrozenTrial]) -> set[int]:
     return out
 
 
-def spent(t: FrozenTrial, again: set[int] = frozenset()) -> bool:  # type: ignore[assignment]
+def spent(t: FrozenTrial, again: set[int]) -> bool:
     """Whether a trial counts against the trial budget: finished, and not a failed trial whose
     copy was queued again (``again``: see :func:`retried`; that copy counts when it runs). The
     budget counts measurements: a trial whose agent died, or that never got a worker, spent none."""

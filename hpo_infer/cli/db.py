@@ -23,11 +23,10 @@ def _url(flag: str | None) -> str:
 
 
 def _fail(url: str, exc: Exception) -> None:
-    from hpo_infer.errors import StorageError
+    from hpo_infer.errors import StorageError, first_line
     from hpo_infer.storage_url import mask
 
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    raise StorageError(f"{mask(url)}: {mask(first)}") from None
+    raise StorageError(f"{mask(url)}: {mask(first_line(exc))}") from None
 
 
 @db.command()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from hpo_infer.db.retry import call_with_retry
 from hpo_infer.db.storage import engine_kwargs
 from hpo_infer.db.tables import Environment, Export, Measurement
+from hpo_infer.errors import first_line
 from hpo_infer.storage_url import mask, normalise
 
 if TYPE_CHECKING:
@@ -172,7 +173,5 @@ def record_export(study: Any, record: dict[str, Any], fmt: str, destination: str
         finally:
             rec.close()
     except Exception as exc:  # noqa: BLE001 - the export itself succeeded; say why it was not recorded
-        return (
-            f"export not recorded in the database: {mask(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
-        )
+        return f"export not recorded in the database: {mask(first_line(exc))}"
     return None

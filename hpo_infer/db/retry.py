@@ -24,6 +24,7 @@ from typing import Any, Callable, TypeVar
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 
+from hpo_infer.errors import first_line
 from hpo_infer.storage_url import mask
 
 log = logging.getLogger("hpo_infer.storage")
@@ -123,7 +124,7 @@ def call_with_retry(fn: Callable[[], T], what: str, window_s: float | None = Non
                 raise  # the whole window was tried: "retried for N s" means N s
             failures += 1
             if failures == 1:
-                first = mask(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                first = mask(first_line(exc))
                 log.warning("storage unreachable during %s (%s); retrying for up to %.0f s", what, first[:200], window)
             time.sleep(min(delay * (0.5 + random.random()), remaining))  # the last try lands at the deadline
             delay = min(delay * 2, 2.0)

@@ -148,7 +148,7 @@ def connect_ready(url: str) -> Any:
     ``UNIQUE constraint failed: alembic_version.version_num``.
     """
     from hpo_infer.db.retry import call_with_retry, retry_window_s
-    from hpo_infer.db.storage import connect, first_line, retried
+    from hpo_infer.db.storage import cannot_open, connect
     from hpo_infer.errors import StorageError
 
     window = retry_window_s()
@@ -157,7 +157,7 @@ def connect_ready(url: str) -> Any:
     except StorageError:
         raise
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
-        raise StorageError(f"cannot open {mask(url)}{retried(exc, window)}: {mask(first_line(exc))}") from None
+        raise cannot_open(url, exc, window) from None
     return connect(url, long_job=True, skip_table_creation=True)
 
 

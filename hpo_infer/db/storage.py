@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpo_infer.storage_url import normalise
+
+if TYPE_CHECKING:
+    from hpo_infer.errors import StorageError
 
 HEARTBEAT_S = 10  # default; HPO_INFER_HEARTBEAT_S overrides (tests use 1 s)
 GRACE_S = 30  # default 3 heartbeats; HPO_INFER_GRACE_S overrides. Must outlast a database restart.
@@ -89,8 +92,6 @@ def connect(url: str, long_job: bool = False, skip_table_creation: bool = False)
     quick command fails at once. Either way the error is one line with the password masked.
     """
     from hpo_infer.db.retry import call_with_retry, retry_window_s
-    from hpo_infer.errors import StorageError
-    from hpo_infer.storage_url import mask
 
     window = retry_window_s() if long_job else 0.0
     try:
@@ -100,17 +101,16 @@ def connect(url: str, long_job: bool = False, skip_table_creation: bool = False)
             window,
         )
     except Exception as exc:  # noqa: BLE001 - any driver error becomes one line
-        raise StorageError(f"cannot open {mask(url)}{retried(exc, window)}: {mask(first_line(exc))}") from None
+        raise cannot_open(url, exc, window) from None
 
 
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def retried(exc: BaseException, window: float) -> str:
-    """ " (retried for N s)" only where it is true: a transient error tried for the whole window.
-    (An IntegrityError of a schema race was once reported as 120 s of retries that never happened.)"""
+def cannot_open(url: str, exc: BaseException, window: float) -> "StorageError":
+    """The one line for a storage that could not be opened (or its schema created). It says
+    "(retried for N s)" only where that is true: a transient error tried for the whole window
+    (an IntegrityError of a schema race was once reported as 120 s of retries that never happened)."""
     from hpo_infer.db.retry import is_transient
+    from hpo_infer.errors import StorageError, first_line
+    from hpo_infer.storage_url import mask
 
-    return f" (retried for {window:g} s)" if window and is_transient(exc) else ""
+    waited = f" (retried for {window:g} s)" if window and is_transient(exc) else ""
+    return StorageError(f"cannot open {mask(url)}{waited}: {mask(first_line(exc))}")

@@ -82,12 +82,9 @@ def engine_check(engine: str, timeout: float = 180) -> Check:
     return Check(OK, f"engine {engine}: {module} {version} imports")
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def storage_check(url: str) -> Check:
     from hpo_infer.db import schema
+    from hpo_infer.errors import first_line
     from hpo_infer.storage_url import mask
 
     try:
@@ -95,7 +92,7 @@ def storage_check(url: str) -> Check:
     except Exception as exc:  # noqa: BLE001 - any driver error is the answer
         return Check(
             FAIL,
-            f"storage {mask(url)}: unreachable: {mask(_first_line(exc))[:200]}",
+            f"storage {mask(url)}: unreachable: {mask(first_line(exc))[:200]}",
         )
     if st.studies is None and st.optuna_current is None:
         return Check(

@@ -181,13 +181,8 @@ def run_worker(
     kill_tree(proc.pid)
     proc.wait()
     kill_marked(mark)  # orphans of a worker that died first (they re-parented to us)
-    if (
-        status is None
-        and stop is not None
-        and not all(r.status in (COMPLETE, INFEASIBLE_S) for r in results)
-        and _by_signal(proc.returncode)
-        and stop.wait(STOP_GRACE_S)
-    ):
+    answered = all(r.status in (COMPLETE, INFEASIBLE_S) for r in results)  # every config has its result
+    if status is None and stop is not None and not answered and _by_signal(proc.returncode) and stop.wait(STOP_GRACE_S):
         # A signal to the whole job (scancel, a pod eviction, Ctrl-C in a terminal) reaches the
         # worker and the agent at once, and the worker's end is often seen first: the trial was
         # interrupted, not failed (7 of 7 scancels once lost their running trial that way).
@@ -201,7 +196,7 @@ def run_worker(
     tail = "\n".join(tail_lines)
 
     if status is None:
-        if all(r.status in (COMPLETE, INFEASIBLE_S) for r in results):
+        if answered:
             status = COMPLETE if any(r.status == COMPLETE for r in results) else INFEASIBLE_S
         else:
             status = FAILED_S

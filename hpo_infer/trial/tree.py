@@ -45,6 +45,16 @@ def _signal(procs: list[psutil.Process], sig: int) -> None:
             pass
 
 
+def _signal_group(pid: int, root: psutil.Process | None, sig: int) -> None:
+    """``sig`` to ``pid``'s process group and to ``pid`` itself (once it left the group)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if root is not None:
+        _signal([root], sig)
+
+
 def _frozen_descendants(root: psutil.Process, rounds: int = 50) -> list[psutil.Process]:
     """Stop every descendant of ``root`` and return them, once a listing finds nothing new."""
     seen: dict[int, psutil.Process] = {}
@@ -69,21 +79,12 @@ def kill_tree(pid: int, include_root: bool = True, wait_s: float = 10.0) -> None
     except psutil.Error:
         root = None
     if include_root:
-        try:
-            os.killpg(pid, signal.SIGSTOP)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if root is not None:
-            _signal([root], signal.SIGSTOP)
+        _signal_group(pid, root, signal.SIGSTOP)
     procs = _frozen_descendants(root) if root is not None else []
     _signal(procs, signal.SIGKILL)
     if include_root:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        _signal_group(pid, root, signal.SIGKILL)
         if root is not None:
-            _signal([root], signal.SIGKILL)
             procs.append(root)
     psutil.wait_procs(procs, timeout=wait_s)
 
