@@ -81,6 +81,10 @@ class Outcome:
     returncode: int | None = None
     error: str | None = None
     log_tail: str = ""
+    # Seconds from the launch to the worker's first event (its imports and engine load: Python,
+    # torch, vLLM), and from its last measurement event to its end (engine shutdown, exit).
+    imports_s: float | None = None
+    exit_s: float | None = None
 
     @property
     def first(self) -> ConfigResult:
@@ -92,7 +96,18 @@ class Outcome:
         r = self.configs[i]
         status = r.status if r.status in (COMPLETE, INFEASIBLE_S) else self.status
         wall = self.wall_s / len(self.configs)
-        return Outcome(status, [r], self.env, wall, self.returncode, r.error or self.error, self.log_tail)
+        share = len(self.configs)
+        return Outcome(
+            status,
+            [r],
+            self.env,
+            wall,
+            self.returncode,
+            r.error or self.error,
+            self.log_tail,
+            None if self.imports_s is None else self.imports_s / share,
+            None if self.exit_s is None else self.exit_s / share,
+        )
 
 
 def worker_env(gpus: list[int] | None) -> dict[str, str]:
@@ -149,6 +164,8 @@ def run_worker(
     status: str | None = None
     deadline = t0 + timeout_s
     eof = False
+    first_event: float | None = None  # when the worker sent its first event (imports done)
+    last_answer: float | None = None  # when it sent its last result, infeasible or failed event
     while not eof:
         if stop is not None and stop.is_set():
             status = STOPPED
@@ -168,6 +185,11 @@ def run_worker(
         if ev is None:
             garbage.append(raw.decode("utf-8", "replace").rstrip()[:300])
             continue
+        now = time.monotonic()
+        if first_event is None:
+            first_event = now
+        if ev.kind in (RESULT, INFEASIBLE, FAILED):
+            last_answer = now
         _apply(ev, results, env_fp)
         if on_event is not None and on_event(ev) is False:
             status = STOPPED
@@ -187,7 +209,8 @@ def run_worker(
         # worker and the agent at once, and the worker's end is often seen first: the trial was
         # interrupted, not failed (7 of 7 scancels once lost their running trial that way).
         status = STOPPED
-    wall = time.monotonic() - t0
+    end = time.monotonic()
+    wall = end - t0
     log.seek(0)
     tail_lines = log.read().decode("utf-8", "replace").splitlines()[-LOG_TAIL_LINES:]
     log.close()
@@ -209,7 +232,9 @@ def run_worker(
     for r in results:
         if r.status == FAILED_S and r.error is None:
             r.error = error
-    return Outcome(status, results, env_fp, wall, proc.returncode, error, tail)
+    imports_s = None if first_event is None else round(first_event - t0, 3)
+    exit_s = None if last_answer is None or status != COMPLETE else round(end - last_answer, 3)
+    return Outcome(status, results, env_fp, wall, proc.returncode, error, tail, imports_s, exit_s)
 
 
 def _by_signal(rc: int | None) -> bool:
