@@ -104,6 +104,9 @@ class Engine(abc.ABC):
     native_export: ClassVar[str | None] = None
     title: ClassVar[str] = ""  # how messages name the engine's family ("vLLM", "HuggingFace")
     import_name: ClassVar[str | None] = None  # the module ``doctor`` imports to prove the install works
+    # What the fork server imports once, so that trials do not (``module`` or ``module:attr`` for
+    # a lazy attribute). Nothing that touches CUDA: the children fork from it.
+    preload: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def setting(cls, name: str) -> Setting | None:
@@ -130,6 +133,12 @@ class Engine(abc.ABC):
             except importlib.metadata.PackageNotFoundError:
                 continue
         return None
+
+    @classmethod
+    def preload_modules(cls) -> tuple[str, ...]:
+        """The engine's :attr:`preload` and the hpo-infer modules every trial process runs."""
+        own = ("hpo_infer.trial.process", "hpo_infer.hardware", "hpo_infer.measurement.timing", cls.__module__)
+        return own + cls.preload
 
     @classmethod
     def reuse_key(cls, settings: dict[str, Any]) -> str | None:

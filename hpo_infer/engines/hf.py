@@ -35,6 +35,13 @@ class HFEngine(Engine):
     native_export = "hf-kwargs"
     title = "HuggingFace"
     import_name = "transformers"
+    preload = (
+        "torch",
+        "transformers:AutoModelForCausalLM",
+        "transformers:AutoTokenizer",
+        "transformers:pipeline",
+        "accelerate",
+    )
     client_side = ("batch_size", "path", "cache_implementation")  # arguments of each generate call
     _kept: tuple[str, Any, Any] | None = None  # (reuse key, tokenizer, model) left loaded
     settings = (

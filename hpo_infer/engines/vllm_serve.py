@@ -49,6 +49,7 @@ _VLLM_CLI = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
 class VLLMServeEngine(VLLMEngine):
     name = "vllm-serve"
     rate_search = True  # objective.metric goodput: the worker searches the request rate
+    preload = ("transformers:AutoTokenizer",)  # a client: the server it starts imports vLLM itself
     settings = tuple(s for s in VLLMEngine.settings if s.name != "batch_size") + (
         Setting(
             "request_rate",

@@ -1,4 +1,4 @@
-"""Entry point of the isolated trial process: ``python -m hpo_infer.trial.process``.
+"""The isolated trial process: forked by the fork server, or ``python -m hpo_infer.trial.process``.
 
 Reads one TrialRequest (JSON) on stdin, runs the engine, and writes JSON-line events on the
 stdout it was given. Everything else the engine prints goes to stderr (the trial log), so the
@@ -6,7 +6,8 @@ protocol stream stays clean. The worker never touches the study database.
 
 Process hygiene: the worker makes itself a child subreaper, so grandchildren (vLLM's engine
 core, compile workers) stay in its tree even when they daemonise, and asks the kernel for
-SIGTERM when its parent dies. On SIGTERM it kills its whole tree and exits.
+SIGTERM when its parent dies. On SIGTERM it kills its whole tree and exits. It is named
+``hpo-trial`` (what ``ps`` shows), forked or spawned.
 """
 
 from __future__ import annotations
@@ -24,7 +25,10 @@ from hpo_infer.trial.tree import (  # now, not in the SIGTERM handler (a re-entr
     become_subreaper,
     kill_tree,
     prctl,
+    set_name,
 )
+
+NAME = "hpo-trial"
 
 
 def kill_own_tree() -> None:
@@ -42,6 +46,7 @@ def _on_term(signum: int, frame: Any) -> None:
 
 
 def main() -> int:
+    set_name(NAME)
     become_subreaper()
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.signal(signal.SIGTERM, _on_term)
@@ -86,10 +91,14 @@ def main() -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
+def entry() -> int:
+    """``main``, and no orphan survives the worker whatever ends it (a broken pipe once the agent is gone)."""
     try:
-        code = main()
+        return main()
     except BaseException:
-        kill_own_tree()  # e.g. a broken pipe once the agent is gone: no orphan survives the worker
+        kill_own_tree()
         raise
-    sys.exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

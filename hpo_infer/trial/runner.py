@@ -1,4 +1,4 @@
-"""Trial runner: spawns ``python -m hpo_infer.trial.process`` and follows its JSON-line protocol.
+"""Trial runner: starts a trial process (:mod:`~hpo_infer.trial.launcher`) and follows its JSON-line protocol.
 
 The worker runs in its own process session (so a Ctrl-C on the terminal does not reach it
 directly), with ``CUDA_VISIBLE_DEVICES`` pinned to the agent's GPUs and a hard timeout. When
@@ -13,7 +13,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any, Callable
 
 from hpo_infer.measurement.protocol import ENV, FAILED, INFEASIBLE, REPEAT, RESULT, STARTED, Event, TrialRequest
 from hpo_infer.measurement.result import EngineResult
+from hpo_infer.trial import launcher
 from hpo_infer.trial.tree import MARK, become_subreaper, kill_marked, kill_tree
 
 # Outcome statuses.
@@ -120,6 +120,13 @@ def worker_env(gpus: list[int] | None) -> dict[str, str]:
     return env
 
 
+def preload_modules(engine: str) -> list[str]:
+    """What the fork server imports for ``engine`` (the engine's own module is import-light)."""
+    from hpo_infer.engines import engine_class
+
+    return list(engine_class(engine).preload_modules())
+
+
 def run_worker(
     request: TrialRequest,
     timeout_s: float,
@@ -136,14 +143,14 @@ def run_worker(
     t0 = time.monotonic()
     become_subreaper()  # a worker killed from outside lets its orphans go: to us, not to init
     mark = uuid.uuid4().hex
-    proc = subprocess.Popen(
-        command or [sys.executable, "-m", "hpo_infer.trial.process"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        env={**worker_env(gpus), MARK: mark},
-        start_new_session=True,
-    )
+    try:
+        proc = launcher.launch(
+            preload_modules(request.engine), {**worker_env(gpus), MARK: mark}, log, t0 + timeout_s, command
+        )
+    except launcher.LaunchTimeout as exc:
+        log.close()
+        results[0].error = f"worker timed out after {timeout_s:g} s: {exc}"
+        return Outcome(TIMEOUT, results, {}, time.monotonic() - t0, None, results[0].error)
     lines: queue.Queue[bytes | None] = queue.Queue()
     garbage: collections.deque[str] = collections.deque(maxlen=10)
 

@@ -22,6 +22,7 @@ import psutil
 
 MARK = "HPO_INFER_TRIAL_MARK"  # environment variable every process of one trial inherits
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -30,6 +31,15 @@ def prctl(option: int, value: int) -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value, 0, 0, 0)
     except OSError:
         pass  # not Linux: the process-group kill still applies
+
+
+def set_name(name: str) -> None:
+    """The process's name as ``ps``, ``top`` and psutil show it (at most 15 bytes): a forked
+    trial has its server's command line, so the name is what tells it apart."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+    except OSError:
+        pass
 
 
 def become_subreaper() -> None:
