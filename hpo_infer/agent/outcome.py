@@ -170,6 +170,10 @@ class Outcomes:
             "start_s": r.start_s,
             "warmup_s": r.warmup_s,
             "measure_s": round(sum(float(x.get("seconds") or 0) for x in r.repeats), 4) if r.repeats else None,
+            # The rest of the worker's wall time: its imports (launch to first event) and its exit
+            # (last answer to end), so a study can say where its device time went (study/overhead).
+            "imports_s": out.imports_s,
+            "exit_s": out.exit_s,
             "repeats": [round(float(x["tok_s"]), 3) for x in r.repeats]
             or [round(float(x["tok_s"]), 3) for x in r.windows],
             "spread": r.spread or None,

@@ -79,6 +79,7 @@ def _fmt_settings(s: dict[str, Any]) -> str:
 def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> None:
     from optuna.trial import TrialState
 
+    from hpo_infer.study.overhead import study_overhead
     from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, uncertainty
     from hpo_infer.study.verdict import describe
 
@@ -115,6 +116,9 @@ def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> N
     console.print(table)
     for line in cache_warnings(trials):
         console.print(f"[bold yellow]warning[/bold yellow]: {escape(line)}")
+    overhead = study_overhead(study)
+    if overhead.workers:
+        console.print(escape(overhead.line()))
     if validation:
         console.print(f"re-validated: {describe(validation)}")
         meas = validation.get("measured", {})

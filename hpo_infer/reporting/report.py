@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo_infer.storage_url import mask
+from hpo_infer.study.overhead import study_overhead
 from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, uncertainty
 from hpo_infer.study.verdict import describe
 
@@ -245,6 +246,7 @@ def summary_markdown(study: optuna.Study, plots: dict[str, Path | None]) -> str:
         out.append("compute bound: n/a (needs a known GPU and model config)")
     if a.get("transfer"):
         out += ["", "## Transfer", f"`{json.dumps(a['transfer'], default=str)}`"]
+    out += _device_time_section(study)
     out += _pareto_section(study)
     fails = collections.Counter(failure_kind(t) for t in trials if _status(t) in ("failed", "infeasible"))
     if fails:
@@ -253,6 +255,14 @@ def summary_markdown(study: optuna.Study, plots: dict[str, Path | None]) -> str:
     out += ["", "## Plots", ""]
     out += [f"![{k}]({p.name})" for k, p in plots.items() if p is not None]
     return mask("\n".join(out) + "\n")
+
+
+def _device_time_section(study: optuna.Study) -> list[str]:
+    """How much of the device time measured and what the rest went to (study/overhead)."""
+    ov = study_overhead(study)
+    if not ov.workers:
+        return []
+    return ["", "## Device time", "", ov.line()]
 
 
 def _pareto_section(study: optuna.Study) -> list[str]:
