@@ -312,6 +312,10 @@ def test_real_vllm_study_on_cpu(tmp_path: Path) -> None:
         assert a["wall_s"] > a["start_s"] + a["measure_s"]  # engine start is not in the measured time
         assert a["resolved"]["vllm_version"] == _vllm_version()
         assert a["resolved"]["enforce_eager"] is True and a["resolved"]["device"] == "cpu"
+        # Each trial started its own engine: whether it compiled is recorded (eager: no torch.compile).
+        assert a["resolved"]["compile_start"] in {"cold", "warm", "eager"}
+        assert a["resolved"]["compile_start"] == "eager" and a["resolved"]["compile_why"] == "enforce_eager"
+        assert a["imports_s"] > 0 and a["exit_s"] >= 0
 
     base, other = trials
     assert base.user_attrs["hpo_infer_role"] == "baseline"

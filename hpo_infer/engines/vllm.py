@@ -157,6 +157,31 @@ SETTINGS = (
 )
 
 
+# Our settings that enter vLLM's torch.compile cache key (the torch_compile_cache/<hash> folder):
+# VllmConfig.compute_hash (vllm/config/vllm.py) hashes the model, cache, parallel, scheduler and
+# compilation configs. CacheConfig keeps block_size and cache_dtype (gpu_memory_utilization and
+# enable_prefix_caching are ignored, vllm/config/cache.py); ModelConfig keeps dtype and
+# max_model_len (enforce_eager is ignored there, vllm/config/model.py); ParallelConfig the TP
+# size. SchedulerConfig adds no factor itself, but CompilationConfig hashes every field
+# (vllm/config/compilation.py), and VllmConfig derives two of them from the scheduler: the
+# compile-range split point max_num_batched_tokens, and the CUDA-graph capture sizes, up to
+# min(2 * max_num_seqs, 512, max_num_batched_tokens). enforce_eager sets compilation mode NONE:
+# no compile at all. The model, vLLM version, traced code and env vars enter the key too, but
+# are the same within one study.
+COMPILE_KEY = (
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "block_size",
+    "max_model_len",
+    "enforce_eager",
+    "kv_cache_dtype",
+    "dtype",
+    "tensor_parallel_size",
+)
+# Above this max_num_seqs the capture sizes stop growing (2 * 256 = vLLM's 512 cap): one key.
+_SEQS_CAP = 256
+
+
 class VLLMEngine(Engine):
     name = "vllm"
     distribution = "vllm"
@@ -265,6 +290,8 @@ class VLLMEngine(Engine):
         key = json.dumps(
             [self.reuse_key(p), request.model, request.workload, request.seed], sort_keys=True, default=str
         )
+        before: set[str] = set()  # vLLM's compiled-graph folders before and after a start
+        compiled: set[str] = set()
         try:
             kept = self._kept
             if kept is not None and kept[0] == key:
@@ -277,9 +304,11 @@ class VLLMEngine(Engine):
                 if synthetic:  # random weights, no tokenizer in the engine: prompts go in as token ids
                     kwargs.update(load_format="dummy", skip_tokenizer_init=True)
                 kwargs["disable_log_stats"] = False  # the prefix-cache counters of every pass
+                before = compile_entries(cache_root_now())
                 t0 = time.perf_counter()
                 llm = LLM(model=path, seed=request.seed, **kwargs)
                 start_s = time.perf_counter() - t0
+                compiled = compile_entries(cache_root_now())
                 self._kept = (key, llm, None)
                 prompts = _Prompts(request, llm, path, synthetic)
                 self._kept = (key, llm, prompts)
@@ -291,6 +320,8 @@ class VLLMEngine(Engine):
                 "compile_cache": os.environ.get("VLLM_CACHE_ROOT"),
                 "engine_reused": kept is not None and kept[0] == key,
             }
+            if not resolved["engine_reused"]:  # a start: did it compile, or load the cache?
+                resolved.update(compile_start(before, compiled, {**p, **_keyed(resolved)}))
             emit(STARTED, {"start_s": start_s, "resolved": resolved})
             rules = Rules.from_request(request.repeats, request.measurement)
             n_out = int(request.workload["output_tokens"])
@@ -341,6 +372,55 @@ class VLLMError(RuntimeError):
     def __init__(self, message: str, root_cause: str) -> None:
         super().__init__(message)
         self.root_cause = root_cause
+
+
+def compile_key(settings: dict[str, Any]) -> str:
+    """A short stable hash of the settings in :data:`COMPILE_KEY` (table defaults filled in):
+    equal keys, one compile; a start whose key the cache already holds is warm."""
+    import hashlib
+
+    defaults = {s.name: s.default for s in SETTINGS}
+    values: dict[str, Any] = {k: settings.get(k, defaults.get(k)) for k in COMPILE_KEY}
+    seqs = values.get("max_num_seqs")
+    if isinstance(seqs, int) and not isinstance(seqs, bool):
+        values["max_num_seqs"] = min(seqs, _SEQS_CAP)
+    if values.get("enforce_eager") is True:
+        values = {"enforce_eager": True}  # nothing else is compiled
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def compile_entries(cache_root: Path | str) -> set[str]:
+    """The compiled-graph folders in vLLM's cache: ``torch_compile_cache/<hash>``, and the AOT
+    ones (``torch_compile_cache/torch_aot_compile/<hash>``; older vLLM: ``torch_aot_compile/<hash>``)."""
+    root = Path(cache_root)
+    jit = root / "torch_compile_cache"
+    out: set[str] = set()
+    aot = ((jit / "torch_aot_compile", None), (root / "torch_aot_compile", None))
+    for base, skip in ((jit, "torch_aot_compile"), *aot):
+        try:
+            out |= {str(p.relative_to(root)) for p in base.iterdir() if p.is_dir() and p.name != skip}
+        except OSError:
+            continue  # not there yet: nothing compiled
+    return out
+
+
+def compile_start(before: set[str], after: set[str], settings: dict[str, Any]) -> dict[str, Any]:
+    """Whether the engine start compiled: "cold" (a new cache folder appeared), "warm" (the cache
+    held this key) or "eager" (no torch.compile); why, in a phrase; and our key of the settings.
+    Another worker compiling on the same host at the same time can make a warm start read cold."""
+    key = compile_key(settings)
+    if settings.get("enforce_eager") is True or settings.get("compilation_mode") in ("NONE", 0):
+        return {"compile_start": "eager", "compile_why": "enforce_eager", "compile_key": key}
+    if after - before:
+        return {"compile_start": "cold", "compile_why": f"new compile key {key}", "compile_key": key}
+    if not after:
+        return {"compile_start": "eager", "compile_why": "no compile cache entry (compile off)", "compile_key": key}
+    return {"compile_start": "warm", "compile_why": f"compile cache held key {key}", "compile_key": key}
+
+
+def cache_root_now() -> Path:
+    """vLLM's cache root as the worker's vLLM sees it (VLLM_CACHE_ROOT, default ~/.cache/vllm)."""
+    return Path(os.environ.get("VLLM_CACHE_ROOT") or Path.home() / ".cache" / "vllm")
 
 
 def compile_cache_dir() -> Path:
@@ -448,6 +528,11 @@ def _resolved(llm: Any) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - an estimate only; absent rather than wrong
             pass
     return {k: v for k, v in out.items() if v not in (None, "")}
+
+
+def _keyed(resolved: dict[str, Any]) -> dict[str, Any]:
+    """What vLLM resolved, for the compile key: the values it chose where we left "auto"."""
+    return {k: resolved[k] for k in (*COMPILE_KEY, "compilation_mode") if resolved.get(k) is not None}
 
 
 def _name(value: Any) -> Any:
