@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -38,6 +41,27 @@ def tagged(tag: str) -> list:
             if p.environ().get("HPO_TEST_TAG") == tag:
                 out.append(p)
         except (psutil.Error, OSError):
+            continue
+    return out
+
+
+def trial_processes(root: "psutil.Process") -> list:
+    """The trial processes below ``root`` (an agent): named hpo-trial, forked by a fork server
+    or spawned; not their own descendants (a forked engine core inherits the name)."""
+    import psutil
+
+    from hpo_infer.trial.process import NAME
+
+    try:
+        below = root.children(recursive=True)
+    except psutil.Error:
+        return []
+    out = []
+    for p in below:
+        try:
+            if p.name() == NAME and psutil.Process(p.ppid()).name() != NAME:
+                out.append(p)
+        except psutil.Error:
             continue
     return out
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import fault_spec, run_cli, write_spec
+from conftest import fault_spec, run_cli, trial_processes, write_spec
 from sqlalchemy.exc import OperationalError
 
 from hpo_infer.errors import InputError, StorageError
@@ -359,9 +359,8 @@ def test_each_agent_pins_its_trials_to_its_gpus(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         try:
-            for p in psutil.Process(proc.pid).children(recursive=True):
-                if "hpo_infer.trial.process" in " ".join(p.cmdline()):
-                    seen.add(p.environ().get("CUDA_VISIBLE_DEVICES", "unset"))
+            for p in trial_processes(psutil.Process(proc.pid)):
+                seen.add(p.environ().get("CUDA_VISIBLE_DEVICES", "unset"))
         except psutil.Error:
             pass
         time.sleep(0.05)

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import optuna
 import psutil
 import pytest
-from conftest import fault_spec, run_cli, tagged, write_spec
+from conftest import fault_spec, run_cli, tagged, trial_processes, write_spec
 from optuna.trial import TrialState
 
 from hpo_infer.study.trials import BASELINE, ROLE
@@ -67,7 +67,7 @@ def _spec(phase: str) -> dict[str, Any]:
 
 def _workers(agent: psutil.Process) -> list[psutil.Process]:
     try:
-        return [p for p in agent.children() if "hpo_infer.trial.process" in " ".join(p.cmdline())]
+        return trial_processes(agent)
     except psutil.Error:
         return []
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import psutil
 import pytest
-from conftest import run_cli, tagged, write_spec
+from conftest import run_cli, tagged, trial_processes, write_spec
 from optuna.trial import TrialState
 from test_postgres import FAST_HEARTBEAT, assert_grid_once, grid_spec, load, start_worker
 
@@ -31,11 +31,10 @@ def _trial_tree(agent: psutil.Process, timeout: float = 90) -> tuple[psutil.Proc
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            for p in agent.children(recursive=True):
-                if "hpo_infer.trial.process" in " ".join(p.cmdline()):
-                    kids = [k for k in p.children(recursive=True) if "time.sleep(600)" in " ".join(k.cmdline())]
-                    if kids:
-                        return p, kids[0]
+            for p in trial_processes(agent):
+                kids = [k for k in p.children(recursive=True) if "time.sleep(600)" in " ".join(k.cmdline())]
+                if kids:
+                    return p, kids[0]
         except psutil.Error:
             pass
         time.sleep(0.05)
@@ -124,11 +123,7 @@ def test_sigterm_stops_every_agent_cleanly_exit_0_and_the_interrupted_trials_run
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:  # both agents inside a trial
-            trees = [
-                c
-                for c in psutil.Process(parent.pid).children()
-                if any("hpo_infer.trial.process" in " ".join(g.cmdline()) for g in c.children())
-            ]
+            trees = [c for c in psutil.Process(parent.pid).children() if trial_processes(c)]
             if len(trees) == 2:
                 break
             time.sleep(0.05)
