@@ -29,19 +29,23 @@ _INFEASIBLE_MARKERS = (
 )
 
 
+# What the fork server imports for HF trials (the model class itself loads lazily, per model).
+PRELOAD = (
+    "torch",
+    "transformers:AutoModelForCausalLM",
+    "transformers:AutoTokenizer",
+    "transformers:pipeline",
+    "accelerate",
+)
+
+
 class HFEngine(Engine):
     name = "hf"
     distribution = "transformers"
     native_export = "hf-kwargs"
     title = "HuggingFace"
     import_name = "transformers"
-    preload = (
-        "torch",
-        "transformers:AutoModelForCausalLM",
-        "transformers:AutoTokenizer",
-        "transformers:pipeline",
-        "accelerate",
-    )
+    preload = PRELOAD
     client_side = ("batch_size", "path", "cache_implementation")  # arguments of each generate call
     _kept: tuple[str, Any, Any] | None = None  # (reuse key, tokenizer, model) left loaded
     settings = (

@@ -189,6 +189,8 @@ class VLLMEngine(Engine):
     native_export = "vllm-cli"
     title = "vLLM"
     import_name = "vllm"
+    # vLLM's engine core then forks from the trial process too (CUDA is not initialised in it).
+    preload = ("torch", "vllm:LLM", "vllm:SamplingParams", "transformers:AutoTokenizer")
     _kept: tuple[str, Any, Any] | None = None  # (reuse key, LLM, prompts) of the engine left started
     settings = SETTINGS
 

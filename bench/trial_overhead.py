@@ -1,0 +1,127 @@
+"""Trial overhead, spawned vs forked trial processes, on one study spec (default: the quickstart).
+
+Each variant runs the spec's whole study afresh (its own SQLite file, same seed) with
+``HPO_INFER_TRIAL_START=spawn`` (a fresh interpreter per trial: the old path) or ``fork`` (the
+pre-imported fork server). Variants alternate in the order given (default ABBA: spawn, fork,
+fork, spawn) so that a drift of the machine does not side with one path.
+
+    .venv/bin/python bench/trial_overhead.py                         # the quickstart, ABBA
+    .venv/bin/python bench/trial_overhead.py --spec studies/x.yaml --order spawn,fork --out results.json
+
+Per run: the tune command's wall time; per trial, its overhead (worker wall minus measured
+seconds) and its parts (imports, engine start, warm-up, exit); and the values, so the two
+paths can be checked to measure the same thing: the geometric mean over configurations that
+both measured of fork's value over spawn's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("imports_s", "start_s", "warmup_s", "measure_s", "exit_s")
+
+
+def run(spec: Path, variant: str, work: Path, extra: list[str]) -> dict[str, Any]:
+    db = work / f"{variant}-{time.monotonic_ns()}.db"
+    env = {**os.environ, "HPO_INFER_TRIAL_START": variant}
+    env.pop("HPO_INFER_STORAGE", None)
+    t0 = time.monotonic()
+    res = subprocess.run(
+        [sys.executable, "-m", "hpo_infer", "tune", str(spec), "--storage", f"sqlite:///{db}", "--no-validate", *extra],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.monotonic() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"{variant}: tune failed ({res.returncode}): {res.stderr[-2000:]}")
+    (name,) = optuna.get_all_study_names(f"sqlite:///{db}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "wall_s" in t.user_attrs]
+    rows = []
+    for t in trials:
+        a = t.user_attrs
+        rows.append(
+            {
+                "number": t.number,
+                "settings": a.get("settings"),
+                "value": t.value,
+                "wall_s": a["wall_s"],
+                "overhead_s": a["wall_s"] - (a.get("measure_s") or 0.0),
+                **{p: a.get(p) for p in PARTS},
+            }
+        )
+    return {"variant": variant, "tune_wall_s": wall, "trials": rows}
+
+
+def median(rows: list[dict[str, Any]], key: str, skip_first: bool = False) -> float | None:
+    vals = [r[key] for r in rows[1 if skip_first else 0 :] if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def agreement(runs: list[dict[str, Any]]) -> tuple[float | None, int]:
+    """Geometric mean of fork/spawn values over the settings both paths measured, and how many."""
+    by: dict[str, dict[str, list[float]]] = {"spawn": {}, "fork": {}}
+    for r in runs:
+        for t in r["trials"]:
+            by[r["variant"]].setdefault(json.dumps(t["settings"], sort_keys=True), []).append(t["value"])
+    common = sorted(set(by["spawn"]) & set(by["fork"]))
+    if not common:
+        return None, 0
+    logs = [math.log(statistics.mean(by["fork"][k]) / statistics.mean(by["spawn"][k])) for k in common]
+    return math.exp(statistics.mean(logs)), len(common)
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    head = "| run | path | trials | tune wall s | overhead/trial median s | after the first | imports | start | warm-up | exit |"
+    lines = [head, "|" + "---|" * 10]
+    for i, r in enumerate(runs, 1):
+        t = r["trials"]
+
+        def f(x: float | None) -> str:
+            return "-" if x is None else f"{x:.2f}"
+
+        lines.append(
+            f"| {i} | {r['variant']} | {len(t)} | {r['tune_wall_s']:.1f} | {f(median(t, 'overhead_s'))} | "
+            f"{f(median(t, 'overhead_s', True))} | {f(median(t, 'imports_s'))} | {f(median(t, 'start_s'))} | "
+            f"{f(median(t, 'warmup_s'))} | {f(median(t, 'exit_s'))} |"
+        )
+    ratio, n = agreement(runs)
+    if ratio is not None:
+        lines.append(f"\nvalues, fork/spawn geometric mean over {n} settings both measured: {ratio:.3f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", type=Path, default=ROOT / "studies" / "quickstart.yaml")
+    ap.add_argument("--order", default="spawn,fork,fork,spawn")
+    ap.add_argument("--out", type=Path, default=None, help="write every run's trials here (JSON)")
+    ap.add_argument("tune_args", nargs="*", help="more arguments for hpo-infer tune (after --)")
+    args = ap.parse_args()
+    runs = []
+    with tempfile.TemporaryDirectory() as d:
+        for variant in args.order.split(","):
+            runs.append(run(args.spec.resolve(), variant, Path(d), args.tune_args))
+            print(f"{variant}: {runs[-1]['tune_wall_s']:.1f} s, {len(runs[-1]['trials'])} trials", flush=True)
+    print(table(runs))
+    if args.out:
+        args.out.write_text(json.dumps(runs, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
