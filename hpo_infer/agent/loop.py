@@ -117,32 +117,41 @@ class Agent:
             if self.spec.sampler.name == "grid" and fixed is None:
                 trial.set_user_attr(ROLE, "surplus")
                 raise Surplus("grid exhausted: this trial is no grid point")
-            extras = packs.take_pack(self.study, self.spec, self.engine, fixed)
+            # Taken (grid) or asked (nested) before the lock goes: the budget counts the pack now.
+            members = packs.pack(self.study, self.spec, self.engine, trial, fixed, self.name)
         finally:
             if self.lock is not None:
                 self.lock.release()  # the trials are ours: other agents may take the next ones
-        members = [packs.member(trial, self.spec, self.name)]
-        members += [packs.member(t, self.spec, self.name, pack_of=trial.number) for t in extras]
-        if fixed is None:  # the sampler's own proposal (queued trials are measured as asked)
-            twin = packs.measured_twin(self.study, members[0])
-            if twin is not None:
-                self.progress.update(
-                    trial=trial.number, phase=f"same settings as trial {twin.number}: not measured again"
-                )
-                return packs.copy_twin(trial, twin)
-        self.progress.update(trial=trial.number, phase="checking")
+        runnable = self._runnable(members, fixed is None)
+        if runnable:
+            self._launch(runnable)
+        for m in members[1:]:
+            if m.copy_of is None:
+                self._tell(m)
+        value = None
+        try:
+            value = self.outcomes.finish(members[0])
+            return value
+        finally:
+            packs.tell_copies(self.study, members, value, self._tell)
+
+    def _runnable(self, members: list[packs.Member], sampled: bool) -> list[packs.Member]:
+        """The members a worker must measure: not settings measured before (a sampler's
+        re-proposal), nor another member's (told once it is measured), nor ones the engine refuses."""
+        twin = packs.answer_twin(self.study, members[0]) if sampled else None  # queued: measured as asked
+        if twin is not None:
+            self.progress.update(
+                trial=members[0].trial.number, phase=f"same settings as trial {twin.number}: not measured again"
+            )
+        self.progress.update(trial=members[0].trial.number, phase="checking")
         runnable = []
-        for m in members:
+        for m in (m for m in members if m.early is None and m.copy_of is None):
             reason = self.engine.check(m.settings, self.host_gpus)
             if reason:
                 m.early = self.outcomes.infeasible(m.trial, reason, launched=False)
             else:
                 runnable.append(m)
-        if runnable:
-            self._launch(runnable)
-        for m in members[1:]:
-            self._tell(m)
-        return self.outcomes.finish(members[0])
+        return runnable
 
     def _launch(self, members: list[packs.Member]) -> None:
         """One worker measures every member in turn (one engine start when they share it)."""

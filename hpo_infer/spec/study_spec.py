@@ -157,9 +157,11 @@ class StudySpec(BaseModel):
     # Re-validation measures each finalist in this many fresh engine starts, interleaved
     # (A B C A B C): the baseline's starts give the study's noise floor.
     validation_rounds: int = Field(default=2, ge=1, le=10)
-    # Grid studies: up to this many waiting grid points that differ only in the engine's
-    # client-side settings (batch_size...) are measured in one worker on one started engine.
-    trials_per_engine: int = Field(default=16, ge=1, le=1024)
+    # Up to this many trials that differ only in the engine's client-side settings (batch_size...)
+    # are measured in one worker on one started engine: waiting grid points (grid studies), or a
+    # sampler's proposal and the client-side points it proposes beside it (nested search).
+    # None: 16 for grid, 1 (a fresh engine per trial) for the samplers; see ``per_engine``.
+    trials_per_engine: Optional[int] = Field(default=None, ge=1, le=1024)
     storage: Optional[str] = None
 
     # Set by load(): where the spec came from, for messages.
@@ -167,6 +169,14 @@ class StudySpec(BaseModel):
 
     def space(self) -> dict[str, Param]:
         return self.search_space or {}
+
+    @property
+    def per_engine(self) -> int:
+        """Trials per engine start. Unset: grid packs its points by 16 (they are all measured
+        anyway); a sampler stays flat, one trial per start, unless nested search is asked for."""
+        if self.trials_per_engine is not None:
+            return self.trials_per_engine
+        return 16 if self.sampler.name == "grid" else 1
 
     def request(self, configs: list[dict[str, Any]], repeats: int | None = None) -> "TrialRequest":
         """The worker request that measures ``configs`` (settings each) in turn, in one process."""

@@ -85,6 +85,21 @@ def waiting_first(study: optuna.Study, first: Callable[[FrozenTrial], bool]) -> 
     study._pop_waiting_trial_id = pop  # type: ignore[method-assign]
 
 
+def ask_fresh(study: optuna.Study) -> optuna.Trial:
+    """A new trial from the sampler, leaving queued trials queued: a nested pack's inner points
+    are the sampler's, and a retry another agent queued meanwhile waits for its own turn."""
+    had = "_pop_waiting_trial_id" in vars(study)
+    saved = study._pop_waiting_trial_id
+    study._pop_waiting_trial_id = lambda: None  # type: ignore[method-assign]
+    try:
+        return study.ask()
+    finally:
+        if had:
+            study._pop_waiting_trial_id = saved  # type: ignore[method-assign]
+        else:
+            del study._pop_waiting_trial_id
+
+
 def live_trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
     """A handle on a stored trial, for calls that want a live one (optuna-dashboard's save_note)."""
     return optuna.Trial(study, frozen._trial_id)
