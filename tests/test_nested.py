@@ -163,3 +163,17 @@ def test_a_pack_repeating_settings_measures_each_once() -> None:
     for t in trials:
         if DUPLICATE_OF in t.user_attrs:
             assert t.value == by_number[t.user_attrs[DUPLICATE_OF]].value
+
+
+def test_a_condition_on_a_client_side_value_still_measures_the_point() -> None:
+    """y exists only at x=16: an inner x=8 drops the lead's y, so its engine differs and its
+    worker starts one for it; every point is measured (or told a measured twin's result)."""
+    space = {
+        "x": {"type": "categorical", "choices": [8, 16]},
+        "y": {"type": "int", "low": 1, "high": 4, "when": {"x": 16}},
+    }
+    trials = _tune(_spec(trials_per_engine=3, search_space=space, budget={"trials": 10}))
+    assert len(trials) == 10 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert ("y" in t.params) == (t.params.get("x") == 16)
+        assert "worker_status" in t.user_attrs or DUPLICATE_OF in t.user_attrs

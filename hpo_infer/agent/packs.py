@@ -161,7 +161,9 @@ def inner_members(
 ) -> list[Member]:
     """Nested search: more client-side points on the lead's engine start. The study's sampler
     proposes them with the lead's engine-level parameters pinned (PartialFixedSampler); asked
-    now, under the study lock, so other agents count them against the budget at once."""
+    now, under the study lock, so other agents count them against the budget at once. Where a
+    condition (``when``) on a client-side value switches an engine-level parameter on or off,
+    that point's engine differs: its worker starts one for it, and it is measured all the same."""
     n = _inner_count(study, spec, engine, lead_trial)
     if n < 1:
         return []
