@@ -21,7 +21,7 @@ from hpo_infer.agent.loop import Agent
 from hpo_infer.agent.stop_rules import retried, spent
 from hpo_infer.engines import load_engine
 from hpo_infer.study.samplers import make_sampler
-from hpo_infer.study.trials import BASELINE, DUPLICATE_OF, ROLE
+from hpo_infer.study.trials import BASELINE, CONSTRAINT, DUPLICATE_OF, ROLE
 
 START_S = 0.05
 
@@ -63,8 +63,10 @@ def test_per_engine_defaults_keep_grid_packs_and_flat_samplers() -> None:
     assert _spec(sampler={"name": "grid"}, trials_per_engine=1).per_engine == 1
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes"])
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "gp"])
 def test_inner_points_pin_the_leads_engine_settings(sampler: str) -> None:
+    if sampler == "gp":
+        pytest.importorskip("torch")
     spec = _spec(trials_per_engine=4, sampler={"name": sampler, "seed": 1}, budget={"trials": 50})
     study = _study(spec)
     base = study.sampler
@@ -76,6 +78,7 @@ def test_inner_points_pin_the_leads_engine_settings(sampler: str) -> None:
             assert m.trial.user_attrs["pack_of"] == lead.trial.number
             assert m.trial.user_attrs["settings"] == m.settings and m.trial.user_attrs["agent"] == "me"
         for m in [lead, *inner]:
+            m.trial.set_constraint(CONSTRAINT, 0.0)  # as the agent sets it (GP models constraints)
             study.tell(m.trial, float(m.params["x"] * m.params["y"]))
     xs = {m.params["x"] for m in inner}
     assert len(xs) > 1, "the sampler proposes the client-side values"

@@ -169,6 +169,7 @@ def inner_members(
         return []
     pinned = {k: v for k, v in lead_trial.params.items() if k not in engine.client_side}
     base = study.sampler
+    optuna_api.forget_fits(base)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.sampler = optuna.samplers.PartialFixedSampler(pinned, base)
@@ -180,6 +181,7 @@ def inner_members(
             out.append(member(trial, spec, agent_name, pack_of=lead_trial.number))
     finally:
         study.sampler = base
+        optuna_api.forget_fits(base)  # its fits were of the pinned space
     _no_second_measure(study, lead_trial.number, lead_settings, out)
     return out
 

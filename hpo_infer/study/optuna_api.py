@@ -100,6 +100,16 @@ def ask_fresh(study: optuna.Study) -> optuna.Trial:
             del study._pop_waiting_trial_id
 
 
+def forget_fits(sampler: optuna.samplers.BaseSampler) -> None:
+    """Drop GPSampler's cached kernel fits. Optuna 5.0 clears its constraint fits on a change of
+    search space only when the objective's fit already matched (it compares the wrong cache), so
+    a fit of the other space's dimension is reused (an IndexError): a nested pack's pinned asks
+    change the space and back. The next fit starts cold, which costs little."""
+    for attr in ("_gprs_cache_list", "_constraints_gprs_cache_list"):
+        if hasattr(sampler, attr):
+            setattr(sampler, attr, None)
+
+
 def live_trial(study: optuna.Study, frozen: FrozenTrial) -> optuna.Trial:
     """A handle on a stored trial, for calls that want a live one (optuna-dashboard's save_note)."""
     return optuna.Trial(study, frozen._trial_id)
