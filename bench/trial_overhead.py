@@ -118,9 +118,9 @@ def main() -> None:
         for variant in args.order.split(","):
             runs.append(run(args.spec.resolve(), variant, Path(d), args.tune_args))
             print(f"{variant}: {runs[-1]['tune_wall_s']:.1f} s, {len(runs[-1]['trials'])} trials", flush=True)
+            if args.out:  # after every run: a run cut short by a time limit keeps the ones before
+                args.out.write_text(json.dumps(runs, indent=1, default=str))
     print(table(runs))
-    if args.out:
-        args.out.write_text(json.dumps(runs, indent=1, default=str))
 
 
 if __name__ == "__main__":
