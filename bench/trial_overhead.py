@@ -7,11 +7,15 @@ fork, spawn) so that a drift of the machine does not side with one path.
 
     .venv/bin/python bench/trial_overhead.py                         # the quickstart, ABBA
     .venv/bin/python bench/trial_overhead.py --spec studies/x.yaml --order spawn,fork --out results.json
+    .venv/bin/python bench/trial_overhead.py --pairs 8 --settings '{"batch_size": 8, "path": "generate"}'
 
 Per run: the tune command's wall time; per trial, its overhead (worker wall minus measured
 seconds) and its parts (imports, engine start, warm-up, exit); and the values, so the two
 paths can be checked to measure the same thing: the geometric mean over configurations that
-both measured of fork's value over spawn's.
+both measured of fork's value over spawn's. Studies on the two paths propose different settings
+once their values differ by noise, so ``--pairs N`` settles it directly: one configuration
+(``--settings``), measured N times on each path, alternating spawn, fork, fork, spawn, ... in one
+process; it prints the paired fork/spawn ratio with its 95% confidence interval.
 """
 
 from __future__ import annotations
@@ -87,7 +91,10 @@ def agreement(runs: list[dict[str, Any]]) -> tuple[float | None, int]:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    head = "| run | path | trials | tune wall s | overhead/trial median s | after the first | imports | start | warm-up | exit |"
+    head = (
+        "| run | path | trials | tune wall s | overhead/trial median s | after the first "
+        "| imports | start | warm-up | exit |"
+    )
     lines = [head, "|" + "---|" * 10]
     for i, r in enumerate(runs, 1):
         t = r["trials"]
@@ -106,13 +113,59 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def pairs(spec_path: Path, settings: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """The same configuration measured ``n`` times on each path, in ABBA order."""
+    from hpo_infer.spec.study_spec import load
+    from hpo_infer.trial.runner import run_worker
+
+    spec = load(spec_path)
+    rows = []
+    for i in range(2 * n):
+        variant = ("spawn", "fork", "fork", "spawn")[i % 4]
+        os.environ["HPO_INFER_TRIAL_START"] = variant
+        out = run_worker(spec.request([{**spec.fixed, **settings}]), spec.trial_timeout_s)
+        if out.first.value is None:
+            raise SystemExit(f"{variant}: {out.status}: {out.error}")
+        rows.append({"variant": variant, "value": out.first.value, "wall_s": out.wall_s})
+        print(f"{i + 1:2d} {variant:5s} {out.first.value:10.1f} tok/s  wall {out.wall_s:6.2f} s", flush=True)
+    return rows
+
+
+def paired_ratio(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
+    """fork/spawn: geometric mean of each ABBA block's ratio, with a t 95% interval."""
+    from scipy import stats
+
+    logs = []
+    for i in range(0, len(rows) - 1, 2):
+        a, b = rows[i], rows[i + 1]
+        f, s = (b, a) if a["variant"] == "spawn" else (a, b)
+        logs.append(math.log(f["value"] / s["value"]))
+    m = statistics.mean(logs)
+    if len(logs) < 2:
+        return math.exp(m), math.nan, math.nan
+    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(m), math.exp(m - half), math.exp(m + half)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=ROOT / "studies" / "quickstart.yaml")
     ap.add_argument("--order", default="spawn,fork,fork,spawn")
     ap.add_argument("--out", type=Path, default=None, help="write every run's trials here (JSON)")
+    ap.add_argument("--pairs", type=int, default=0, help="measure --settings N times on each path instead")
+    ap.add_argument("--settings", type=json.loads, default={}, help="the configuration --pairs measures (JSON)")
     ap.add_argument("tune_args", nargs="*", help="more arguments for hpo-infer tune (after --)")
     args = ap.parse_args()
+    if args.pairs:
+        rows = pairs(args.spec.resolve(), args.settings, args.pairs)
+        ratio, low, high = paired_ratio(rows)
+        print(f"fork/spawn over {args.pairs} pairs: {ratio:.3f} (95% CI {low:.3f}-{high:.3f})")
+        for v in ("spawn", "fork"):
+            vals = [r["value"] for r in rows if r["variant"] == v]
+            print(f"{v}: median {statistics.median(vals):.1f} tok/s, min {min(vals):.1f}, max {max(vals):.1f}")
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1))
+        return
     runs = []
     with tempfile.TemporaryDirectory() as d:
         for variant in args.order.split(","):
