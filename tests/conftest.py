@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
+    import optuna
     import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +65,24 @@ def trial_processes(root: "psutil.Process") -> list:
         except psutil.Error:
             continue
     return out
+
+
+def add_trial(study: "optuna.Study", state: "optuna.trial.TrialState", x: int, **attrs: Any) -> None:
+    """A finished trial at ``x`` (value x when complete) with these user attrs (``system_attrs``
+    apart), for tests of what is counted from a study's trials."""
+    import optuna
+
+    system = attrs.pop("system_attrs", {})
+    study.add_trial(
+        optuna.create_trial(
+            state=state,
+            params={"x": x},
+            distributions={"x": optuna.distributions.IntDistribution(1, 64)},
+            value=float(x) if state == optuna.trial.TrialState.COMPLETE else None,
+            user_attrs=attrs,
+            system_attrs=system,
+        )
+    )
 
 
 def fault_spec(**over: Any) -> dict[str, Any]:

@@ -9,7 +9,7 @@ trials, and no stop rule ends a study while it waits.
 from __future__ import annotations
 
 import optuna
-from conftest import fault_spec
+from conftest import add_trial, fault_spec
 from optuna.trial import TrialState
 
 from hpo_infer import spec as spec_mod
@@ -17,33 +17,17 @@ from hpo_infer.agent.stop_rules import StopRules, retried, spent
 from hpo_infer.study import optuna_api
 from hpo_infer.study.trials import BASELINE, ROLE
 
-DIST = {"x": optuna.distributions.IntDistribution(1, 64)}
-
-
-def _add(study: optuna.Study, state: TrialState, x: int, **attrs) -> None:
-    system = attrs.pop("system_attrs", {})
-    study.add_trial(
-        optuna.create_trial(
-            state=state,
-            params={"x": x},
-            distributions=DIST,
-            value=float(x) if state == TrialState.COMPLETE else None,
-            user_attrs=attrs,
-            system_attrs=system,
-        )
-    )
-
 
 def test_failures_retried_or_never_run_spend_no_budget() -> None:
     study = optuna.create_study(direction="maximize")
-    _add(study, TrialState.COMPLETE, 1, hpo_infer_role=BASELINE, worker_status="complete")  # 0
-    _add(study, TrialState.FAIL, 2, worker_status="failed")  # 1: a crash, retried once by trial 2
-    _add(study, TrialState.FAIL, 2, worker_status="failed", retry_of=1, retries=1)  # 2: failed for good
-    _add(study, TrialState.FAIL, 3)  # 3: a dead agent's, failed as stale, retried by Optuna (4)
-    _add(study, TrialState.COMPLETE, 3, worker_status="complete", system_attrs={"retry_history": [3]})  # 4
-    _add(study, TrialState.FAIL, 5, requeued=True, worker_status="stopped")  # 5: interrupted
-    _add(study, TrialState.FAIL, 6)  # 6: refused by the storage before a worker ran
-    _add(study, TrialState.PRUNED, 7, worker_status="stopped")  # 7
+    add_trial(study, TrialState.COMPLETE, 1, hpo_infer_role=BASELINE, worker_status="complete")  # 0
+    add_trial(study, TrialState.FAIL, 2, worker_status="failed")  # 1: a crash, retried once by trial 2
+    add_trial(study, TrialState.FAIL, 2, worker_status="failed", retry_of=1, retries=1)  # 2: failed for good
+    add_trial(study, TrialState.FAIL, 3)  # 3: a dead agent's, failed as stale, retried by Optuna (4)
+    add_trial(study, TrialState.COMPLETE, 3, worker_status="complete", system_attrs={"retry_history": [3]})  # 4
+    add_trial(study, TrialState.FAIL, 5, requeued=True, worker_status="stopped")  # 5: interrupted
+    add_trial(study, TrialState.FAIL, 6)  # 6: refused by the storage before a worker ran
+    add_trial(study, TrialState.PRUNED, 7, worker_status="stopped")  # 7
     trials = study.get_trials(deepcopy=False)
     again = retried(trials)
     assert again == {1, 3}
@@ -67,8 +51,8 @@ def test_a_queued_baseline_is_taken_before_older_queued_trials() -> None:
 def test_no_stop_rule_ends_a_study_while_its_baseline_waits() -> None:
     spec = spec_mod.from_dict(fault_spec(budget={"trials": 2}), "spec")
     study = optuna.create_study(direction="maximize")
-    _add(study, TrialState.COMPLETE, 5, worker_status="complete")
-    _add(study, TrialState.COMPLETE, 6, worker_status="complete")
+    add_trial(study, TrialState.COMPLETE, 5, worker_status="complete")
+    add_trial(study, TrialState.COMPLETE, 6, worker_status="complete")
     rules = StopRules(spec)
     assert rules.reason(study, False, None)[0] == "trial budget"
     study.enqueue_trial({"x": 1}, user_attrs={ROLE: BASELINE})

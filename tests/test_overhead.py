@@ -9,26 +9,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import fault_spec, run_cli, write_spec
+from conftest import add_trial, fault_spec, run_cli, write_spec
 from optuna.trial import TrialState
 
 from hpo_infer.reporting.report import summary_markdown
 from hpo_infer.study.overhead import device_word, study_overhead
 
-DIST = {"x": optuna.distributions.IntDistribution(1, 64)}
 H200 = {"gpu_name": "NVIDIA H200", "gpu_count": 1}
-
-
-def _add(study: optuna.Study, state: TrialState, x: int, **attrs) -> None:
-    study.add_trial(
-        optuna.create_trial(
-            state=state,
-            params={"x": x},
-            distributions=DIST,
-            value=float(x) if state == TrialState.COMPLETE else None,
-            user_attrs=attrs,
-        )
-    )
 
 
 def _worker(wall: float, measure: float | None, start: float | None, warm: float | None, imp: float, ex: float):
@@ -41,17 +28,18 @@ def _worker(wall: float, measure: float | None, start: float | None, warm: float
 def _study() -> optuna.Study:
     study = optuna.create_study(direction="maximize")
     # 0: one worker of its own, a cold compile
-    _add(study, TrialState.COMPLETE, 1, **_worker(20, 10, 5, 2, 2.5, 0.5), resolved={"compile_start": "cold"})
+    add_trial(study, TrialState.COMPLETE, 1, **_worker(20, 10, 5, 2, 2.5, 0.5), resolved={"compile_start": "cold"})
     # 1, 2: one shared engine start (30 s of worker wall, shared out 15 s each); 2 reused the engine
     pack = {"engine_shared": {"trials": [1, 2], "wall_s": 30.0}}
-    _add(study, TrialState.COMPLETE, 2, **_worker(15, 8, 6, 1, 1.5, 0.3), resolved={"compile_start": "warm"}, **pack)
-    _add(study, TrialState.COMPLETE, 3, **_worker(15, 9, 0.0, 1, 1.5, 0.3), resolved={"engine_reused": True}, **pack)
+    warm, reused = {"compile_start": "warm"}, {"engine_reused": True}
+    add_trial(study, TrialState.COMPLETE, 2, **_worker(15, 8, 6, 1, 1.5, 0.3), resolved=warm, **pack)
+    add_trial(study, TrialState.COMPLETE, 3, **_worker(15, 9, 0.0, 1, 1.5, 0.3), resolved=reused, **pack)
     # 3: a re-proposed point told trial 0's result: no worker (even if it carried a wall time)
-    _add(study, TrialState.COMPLETE, 1, duplicate_of=0, launched=True, wall_s=99.0, measure_s=99.0)
+    add_trial(study, TrialState.COMPLETE, 1, duplicate_of=0, launched=True, wall_s=99.0, measure_s=99.0)
     # 4: refused before launch (engine check): no worker
-    _add(study, TrialState.COMPLETE, 5, status="infeasible", launched=False)
+    add_trial(study, TrialState.COMPLETE, 5, status="infeasible", launched=False)
     # 5: a worker that crashed: its wall counts, it measured nothing
-    _add(study, TrialState.FAIL, 6, **_worker(5, None, None, None, 2.0, 0.0))
+    add_trial(study, TrialState.FAIL, 6, **_worker(5, None, None, None, 2.0, 0.0))
     return study
 
 
@@ -80,7 +68,7 @@ def test_device_word_from_the_fingerprint_else_the_study() -> None:
     assert study_overhead(study).line() == "device time: no worker has run yet"
     study.set_user_attr("gpu", "cpu")
     assert device_word(study) == "CPU"
-    _add(study, TrialState.COMPLETE, 1, wall_s=3.0, measure_s=1.0, env={"gpu_name": "cpu", "gpu_count": 1})
+    add_trial(study, TrialState.COMPLETE, 1, wall_s=3.0, measure_s=1.0, env={"gpu_name": "cpu", "gpu_count": 1})
     assert device_word(study) == "CPU"
     assert study_overhead(study).line().startswith("CPU time: 3 s in 1 worker, 33% measuring, 3.0 s per measured")
     assert device_word(_study()) == "GPU"
