@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -14,9 +15,28 @@ from hpo_infer.study.samplers import make_pruner, make_sampler
 if TYPE_CHECKING:
     from hpo_infer.hardware import GPUInfo
     from hpo_infer.spec import StudySpec
+    from hpo_infer.spec.study_spec import ObjectiveSpec
 
 
 SAMPLER_LOADS = "sampler_loads"  # study attr: how many times the study was loaded to run (a seed component)
+
+# What a trial's value is, per objective.metric (see ObjectiveSpec): shown by Optuna's dashboard
+# and plots in place of "Objective Value".
+METRIC_NAMES = {"throughput": "output tokens/s", "goodput": "goodput output tokens/s"}
+
+
+def metric_names(objective: "ObjectiveSpec") -> list[str]:
+    """The study's metric names: one, the study being single-objective."""
+    return [METRIC_NAMES[objective.metric]]
+
+
+def _name_metric(study: optuna.Study, spec: "StudySpec") -> None:
+    """Name the value on a new study, and on a resumed one created before studies were named."""
+    if study.metric_names is not None:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(metric_names(spec.objective))
 
 
 def create_or_load(spec: "StudySpec", storage: Any, name: str, gpu: "GPUInfo") -> optuna.Study:
@@ -28,6 +48,7 @@ def create_or_load(spec: "StudySpec", storage: Any, name: str, gpu: "GPUInfo") -
         direction=spec.objective.direction,
         load_if_exists=True,
     )
+    _name_metric(study, spec)
     existing = len(study.get_trials(deepcopy=False))
     attrs = study.user_attrs
     # Every load of the study (an agent, a resume) draws its own start-up points: agents that
