@@ -59,48 +59,92 @@ def _tokens_axes(ax: Any, xlabel: str, title: str) -> None:
     ax.set_title(title, fontsize=10)
 
 
-def plot_landscape(study: optuna.Study, path: Path) -> Path | None:
-    """Throughput against each setting: the paper's landscape view, one panel per setting."""
+def _ci(t: optuna.trial.FrozenTrial) -> tuple[float, float] | None:
+    """The 95% CI of a trial's mean tokens/s from its repeats' spread; None when not kept."""
+    sp = t.user_attrs.get("spread") or {}
+    lo, hi = sp.get("ci95_low"), sp.get("ci95_high")
+    if lo is None or hi is None or t.value is None:
+        return None
+    return float(lo), float(hi)
+
+
+def _errorbars(ax: Any, pts: list[tuple[float, optuna.trial.FrozenTrial]]) -> None:
+    """Each measured trial's 95% CI as an error bar about its value (one container per panel)."""
+    bars = [(x, t.value, _ci(t)) for x, t in pts]
+    bars = [(x, y, ci) for x, y, ci in bars if ci is not None]
+    if not bars:
+        return
+    xs, ys, cis = zip(*bars)
+    below = [max(y - lo, 0.0) for y, (lo, _) in zip(ys, cis)]
+    above = [max(hi - y, 0.0) for y, (_, hi) in zip(ys, cis)]
+    ax.errorbar(xs, ys, yerr=[below, above], fmt="none", ecolor="tab:blue", elinewidth=1, capsize=3, alpha=0.6)
+
+
+def _mark(ax: Any, pts: list[tuple[float, optuna.trial.FrozenTrial]], base: Any, best: Any) -> None:
+    """Ring the baseline and star the best trial, wherever they are in this panel."""
+    for t, style in ((base, _BASE_STYLE), (best, _BEST_STYLE)):
+        at = [(x, p.value) for x, p in pts if t is not None and p.number == t.number]
+        if at:
+            ax.scatter(*zip(*at), **style)
+
+
+_BASE_STYLE = {"s": 110, "facecolors": "none", "edgecolors": "black", "linewidths": 1.5, "label": "baseline"}
+_BEST_STYLE = {"s": 160, "marker": "*", "color": "tab:orange", "edgecolors": "black", "zorder": 3, "label": "best"}
+
+
+def _best_and_baseline(study: optuna.Study) -> tuple[Any, Any]:
+    top = [t for t in ranked(study) if _status(t) == "ok"]
+    base = baseline_trial(study)
+    return (top[0] if top else None), (base if base is not None and _status(base) == "ok" else None)
+
+
+def landscape_figure(study: optuna.Study) -> Any | None:
+    """The landscape figure (see :func:`plot_landscape`), unsaved; None without a measured setting."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     names = sorted({k for t in trials for k in t.params})
     if not names:
         return None
+    best, base = _best_and_baseline(study)
     plt = _plt()
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
-        pts = [
-            (t.params[name], t.value, _status(t), t.user_attrs.get("hpo_infer_role"))
-            for t in trials
-            if name in t.params
-        ]
-        cats = not all(isinstance(p[0], (int, float)) and not isinstance(p[0], bool) for p in pts)
-        order = sorted({str(p[0]) for p in pts}) if cats else None
-        xs = [order.index(str(p[0])) if cats else p[0] for p in pts]
-        ok = [(x, p[1]) for x, p in zip(xs, pts) if p[2] == "ok"]
-        bad = [(x, 0.0) for x, p in zip(xs, pts) if p[2] != "ok"]
-        base = [(x, p[1]) for x, p in zip(xs, pts) if p[3] == "baseline" and p[2] == "ok"]
+        these = [t for t in trials if name in t.params]
+        cats = not all(isinstance(t.params[name], (int, float)) and not isinstance(t.params[name], bool) for t in these)
+        order = sorted({str(t.params[name]) for t in these}) if cats else None
+        xs = [order.index(str(t.params[name])) if cats else t.params[name] for t in these]
+        ok = [(x, t) for x, t in zip(xs, these) if _status(t) == "ok"]
+        bad = [(x, 0.0) for x, t in zip(xs, these) if _status(t) != "ok"]
+        _errorbars(ax, ok)
         if ok:
-            ax.scatter(*zip(*ok), s=28, alpha=0.8, label="measured")
+            ax.scatter([x for x, _ in ok], [t.value for _, t in ok], s=28, alpha=0.8, label="measured (95% CI)")
         if bad:
             ax.scatter(*zip(*bad), marker="x", color="tab:red", label="infeasible")
-        if base:
-            ax.scatter(*zip(*base), s=90, facecolors="none", edgecolors="black", label="baseline")
+        _mark(ax, ok, base, best)
         if cats:
             ax.set_xticks(range(len(order)), order, rotation=30)
-        elif all(p[0] > 0 for p in pts) and max(p[0] for p in pts) / max(min(p[0] for p in pts), 1e-9) >= 16:
+        elif all(x > 0 for x in xs) and max(xs) / max(min(xs), 1e-9) >= 16:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(name)
         ax.set_ylabel("tokens/s")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=8)
     fig.suptitle(study.study_name, fontsize=9)
-    return _save(plt, fig, path)
+    return fig
 
 
-def plot_history(study: optuna.Study, path: Path) -> Path | None:
+def plot_landscape(study: optuna.Study, path: Path) -> Path | None:
+    """Throughput against each setting: the paper's landscape view, one panel per setting, each
+    trial's 95% CI as an error bar, the baseline and the best trial marked in every panel."""
+    fig = landscape_figure(study)
+    return None if fig is None else _save(_plt(), fig, path)
+
+
+def history_figure(study: optuna.Study) -> Any | None:
+    """The optimisation-history figure (see :func:`plot_history`), unsaved; None without trials."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     if not trials:
         return None
+    best_t, base_t = _best_and_baseline(study)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     xs = [t.number for t in trials]
@@ -109,13 +153,22 @@ def plot_history(study: optuna.Study, path: Path) -> Path | None:
     for y in ys:
         cur = max(cur, y)
         best.append(cur)
-    ax.scatter(xs, ys, s=22, label="trial")
+    ok = [(t.number, t) for t in trials if _status(t) == "ok"]
+    _errorbars(ax, ok)
+    ax.scatter(xs, ys, s=22, label="trial (95% CI)")
     ax.step(xs, best, where="post", color="tab:green", label="best so far")
     base = baseline_trial(study)
     if base is not None:
         ax.axhline(base.value, color="black", ls="--", lw=1, label="baseline (engine defaults)")
+    _mark(ax, ok, base_t, best_t)
     _tokens_axes(ax, "trial", "optimisation history")
-    return _save(plt, fig, path)
+    return fig
+
+
+def plot_history(study: optuna.Study, path: Path) -> Path | None:
+    """Each trial's tokens/s with its 95% CI, the best so far, the baseline and the best marked."""
+    fig = history_figure(study)
+    return None if fig is None else _save(_plt(), fig, path)
 
 
 def plot_pareto(study: optuna.Study, path: Path) -> Path | None:
