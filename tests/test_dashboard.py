@@ -100,6 +100,7 @@ def test_dashboard_serves_the_study_with_notes_on_loopback(dashboard) -> None:
     infeasible = [n for n in notes if "infeasible" in n.splitlines()[0]]
     assert all("out of memory" in n for n in infeasible)
     assert "engine" in detail["note"]["body"]
+    assert detail["objective_names"] == ["output tokens/s"]  # what the value is, not "Objective 0"
     # Bound to loopback only.
     kids = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
     addrs = {c.laddr.ip for p in kids for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
@@ -122,6 +123,20 @@ def test_dashboard_in_headless_chromium(dashboard, tmp_path: Path) -> None:
             text=True,
             timeout=120,
         ).stdout
+        # The study's overview (its history plot) names the value by the study's metric name.
+        overview = subprocess.run(
+            [
+                CHROMIUM,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+                url.removesuffix("/trials"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
         shot = tmp_path / "trials.png"
         subprocess.run(
             [
@@ -140,6 +155,7 @@ def test_dashboard_in_headless_chromium(dashboard, tmp_path: Path) -> None:
         shutil.rmtree(profile, ignore_errors=True)
     assert study["study_name"] in dom
     assert "4 Trials" in dom
+    assert "output tokens/s" in overview
     assert shot.exists() and shot.stat().st_size > 10_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     keep = Path(os.environ.get("HPO_TEST_ARTIFACTS", tmp_path))
