@@ -97,6 +97,14 @@ def params_per_token(cfg: dict[str, Any]) -> float:
     return float(layers * (attn + mlp) + h * vocab)
 
 
+def materialized_path(model: dict[str, Any]) -> Path:
+    """The folder :func:`materialize` writes a synthetic model to (nothing is written here): an
+    export names it, so that ``vllm serve`` runs the very model the study measured."""
+    cfg = synthetic_config(model)
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{model_label(model).replace('/', '_')}-{key}"
+
+
 def materialize(model: dict[str, Any]) -> str:
     """A local folder for a synthetic model: config.json plus a locally trained tokenizer.
 
@@ -104,8 +112,7 @@ def materialize(model: dict[str, Any]) -> str:
     never see a half-written model.
     """
     cfg = synthetic_config(model)
-    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-    out = cache_root() / "models" / f"{model_label(model).replace('/', '_')}-{key}"
+    out = materialized_path(model)
     if (out / "config.json").exists():
         return str(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -140,6 +140,52 @@ def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
     assert serial.constraints["slo_p99_ttft_ms"] == pytest.approx(ttft / 600 - 1)
     assert ttft > 3 * base.user_attrs["metrics"]["p99_ttft_ms"]
 
+    # The exported line runs as printed: the synthetic model's folder, with random weights.
+    exp = run_cli("export", summary.study_name, "--storage", url, "--format", "vllm-cli")
+    assert exp.returncode == 0, exp.stderr
+    (line,) = [ln for ln in exp.stdout.splitlines() if ln and not ln.startswith("#")]
+    assert "--load-format dummy" in line and "synthetic-tiny-llama-hd32-" in line
+    _serve_and_complete(line)
+
+
+def _serve_and_complete(line: str) -> None:
+    """Run an exported ``vllm serve`` line verbatim (its default port, 8000) and ask for a completion."""
+    import json
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    server = subprocess.Popen(shlex.split(line), env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert server.poll() is None, f"vllm serve exited with {server.returncode}"
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:8000/v1/models", timeout=5) as r:
+                    model = json.loads(r.read())["data"][0]["id"]
+                break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise AssertionError("vllm serve never answered on port 8000")
+        body = json.dumps({"model": model, "prompt": "def add(a, b):", "max_tokens": 4}).encode()
+        req = urllib.request.Request("http://127.0.0.1:8000/v1/completions", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            out = json.loads(r.read())
+        assert out["choices"][0]["text"] != "" and out["usage"]["completion_tokens"] == 4
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
 
 # ---- goodput: the bounded request-rate search ---------------------------------------------------
 def _fake_server(capacity: float, ttft_floor: float = 50.0):

@@ -163,8 +163,9 @@ class Engine(abc.ABC):
         return None
 
     @classmethod
-    def export_native(cls, settings: dict[str, Any], model: str) -> str:
-        """The settings in :attr:`native_export`'s form (one ``vllm serve`` line, HF kwargs JSON)."""
+    def export_native(cls, settings: dict[str, Any], model: str, extra: tuple[str, ...] = ()) -> str:
+        """The settings in :attr:`native_export`'s form (one ``vllm serve`` line, HF kwargs JSON);
+        ``extra``: flags the model needs (a synthetic model's ``--load-format dummy``)."""
         raise NotImplementedError(f"engine {cls.name!r} has no native export")
 
     def close(self) -> None:

@@ -118,7 +118,7 @@ class HFEngine(Engine):
         return "failed"
 
     @classmethod
-    def export_native(cls, settings: dict[str, Any], model: str) -> str:
+    def export_native(cls, settings: dict[str, Any], model: str, extra: tuple[str, ...] = ()) -> str:
         return json.dumps(cls.kwargs(settings), indent=2)
 
     @classmethod

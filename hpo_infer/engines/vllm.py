@@ -225,10 +225,10 @@ class VLLMEngine(Engine):
         preflight(spec)
 
     @classmethod
-    def export_native(cls, settings: dict[str, Any], model: str) -> str:
+    def export_native(cls, settings: dict[str, Any], model: str, extra: tuple[str, ...] = ()) -> str:
         import shlex
 
-        return " ".join(shlex.quote(a) for a in ["vllm", "serve", model, *cls.cli_flags(settings)])
+        return " ".join(shlex.quote(a) for a in ["vllm", "serve", model, *extra, *cls.cli_flags(settings)])
 
     @classmethod
     def cli_flags(cls, settings: dict[str, Any]) -> list[str]:

@@ -62,14 +62,16 @@ def render_front(rec: dict[str, Any], fmt: str) -> str:
             f"--pareto writes yaml, json or vllm-cli (vLLM studies); got {fmt!r} for engine {rec['engine']!r}",
         )
     eng = engine_class(rec["engine"])
-    lines = [f"# hpo-infer Pareto front of study {rec['study']}: tokens/s vs {', '.join(rec['latency_axes'])}"]
+    model, extra, note = served_model(rec)
+    lines = [note.rstrip("\n")] if note else []
+    lines.append(f"# hpo-infer Pareto front of study {rec['study']}: tokens/s vs {', '.join(rec['latency_axes'])}")
     for p in rec["pareto"]:
         lat = ", ".join(f"{k} {v:.1f}" for k, v in p["latency_ms"].items())
         lines.append(
             f"# trial {p['trial']}: {p['throughput_tok_s']:.1f} tok/s, {lat}"
             f"{'' if p['meets_targets'] else ' (misses the targets)'}"
         )
-        lines.append(eng.export_native(p["settings"], _model_ref(rec)))
+        lines.append(eng.export_native(p["settings"], model, extra))
     return "\n".join(lines) + "\n"
 
 
@@ -142,14 +144,38 @@ def render(rec: dict[str, Any], fmt: str) -> str:
             raise InputError(
                 "--format", f"{fmt} exports {native[fmt]} studies; this study's engine is {rec['engine']!r}"
             )
-        text = eng.export_native(rec["settings"], _model_ref(rec)) + "\n"
-        return _comment(rec) + text if fmt == "vllm-cli" else text
+        if fmt != "vllm-cli":
+            return eng.export_native(rec["settings"], _model_ref(rec)) + "\n"
+        model, extra, note = served_model(rec)
+        return note + _comment(rec) + eng.export_native(rec["settings"], model, extra) + "\n"
     raise InputError("--format", f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
 
 
 def _model_ref(rec: dict[str, Any]) -> str:
     m = rec.get("model_spec") or {}
     return str(m.get("id") or m.get("path") or rec.get("model"))
+
+
+def served_model(rec: dict[str, Any]) -> tuple[str, tuple[str, ...], str]:
+    """What ``vllm serve`` is given for the study's model, the flags it needs, and a first line
+    when it cannot run here as printed. A synthetic model is the folder the study's workers made
+    (``HPO_INFER_CACHE``), served with random weights; its name alone is looked up on the hub."""
+    m = rec.get("model_spec") or {}
+    if "synthetic" not in m:
+        return _model_ref(rec), (), ""
+    from hpo_infer import model_source
+
+    try:
+        folder = model_source.materialized_path(m)
+    except (OSError, ValueError, KeyError) as exc:
+        return _model_ref(rec), (), f"# needs the real model id in place of {_model_ref(rec)!r}: {exc}\n"
+    note = ""
+    if not (folder / "config.json").exists():
+        note = (
+            f"# needs the real model id, or the synthetic model's folder {folder}, which hpo-infer tune "
+            "makes on the machine that runs the study (HPO_INFER_CACHE)\n"
+        )
+    return str(folder), ("--load-format", "dummy"), note
 
 
 def _comment(rec: dict[str, Any]) -> str:
