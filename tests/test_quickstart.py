@@ -45,6 +45,7 @@ def test_quickstart_runs_12_trials_and_beats_the_baseline(tmp_path: Path) -> Non
     assert kwargs["generate"]["cache_implementation"] == best["cache_implementation"]
     bs = kwargs["pipeline"]["batch_size"] if best["path"] == "pipeline" else kwargs["batch_size"]
     assert bs == best["batch_size"]
+    _generate_with(kwargs)
 
     rep = run_cli("report", summary.study_name, "--out", str(tmp_path / "rep"), cwd=tmp_path)
     assert rep.returncode == 0, rep.stderr
@@ -59,3 +60,24 @@ def test_quickstart_runs_12_trials_and_beats_the_baseline(tmp_path: Path) -> Non
     assert again.returncode == 0
     study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
     assert len(study.trials) == len(done), "re-running a finished study measures nothing new"
+
+
+def _generate_with(kwargs: dict) -> None:
+    """The exported hf-kwargs, as a user passes them to transformers, on the study's model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    from hpo_infer import model_source
+
+    folder = model_source.materialize({"synthetic": "tiny-llama"})  # config and tokenizer; weights random
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), **kwargs["from_pretrained"])
+    tok = AutoTokenizer.from_pretrained(folder)
+    prompts = ["def add(a, b):", "print("]
+    if "pipeline" in kwargs:
+        out = pipeline(model=model, tokenizer=tok, **kwargs["pipeline"])(
+            prompts, max_new_tokens=3, return_full_text=False, **kwargs["generate"]
+        )
+        assert len(out) == 2 and all("generated_text" in o[0] for o in out)
+    else:
+        enc = tok(prompts, return_tensors="pt", padding=True)
+        ids = model.generate(**enc, max_new_tokens=3, min_new_tokens=3, **kwargs["generate"])
+        assert ids.shape == (2, enc["input_ids"].shape[1] + 3)
