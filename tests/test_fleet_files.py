@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +153,32 @@ def test_slurm_array_script() -> None:
     import subprocess
 
     assert subprocess.run(["bash", "-n", str(DOCKER / "slurm-array.sh")]).returncode == 0
+
+
+# ---- schema validation, offline: a mistyped key fails --------------------------------------------
+def _validate(tool: str, path: Path) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / tool
+    args = {
+        # compose-spec's own JSON schema, vendored by check-jsonschema (what `docker compose config` checks)
+        "check-jsonschema": ["--builtin-schema", "vendor.compose-spec"],
+        # the Kubernetes API's OpenAPI schemas bundled per release; --strict rejects unknown keys
+        "kubernetes-validate": ["--strict", "-k", "1.33.0"],
+    }[tool]
+    return subprocess.run([str(exe), *args, str(path)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "tool, name, key",
+    [("check-jsonschema", "compose.yaml", "image"), ("kubernetes-validate", "k8s-indexed-job.yaml", "restartPolicy")],
+)
+def test_fleet_files_validate_against_their_schemas_and_a_typo_fails(
+    tool: str, name: str, key: str, tmp_path: Path
+) -> None:
+    good = _validate(tool, DOCKER / name)
+    assert good.returncode == 0, good.stdout + good.stderr
+    text = (DOCKER / name).read_text()
+    assert re.search(rf"^\s*{key}:", text, re.M), f"{name} has no {key!r} to mistype"
+    bad = tmp_path / name
+    bad.write_text(re.sub(rf"^(\s*){key}:", rf"\g<1>{key}x:", text, count=1, flags=re.M))
+    res = _validate(tool, bad)
+    assert res.returncode != 0 and f"{key}x" in res.stdout + res.stderr
