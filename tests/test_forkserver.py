@@ -40,6 +40,7 @@ def tag(monkeypatch: pytest.MonkeyPatch):
     t = uuid.uuid4().hex
     monkeypatch.setenv("HPO_TEST_TAG", t)
     monkeypatch.delenv(launcher.START_ENV, raising=False)
+    launcher.close_all()  # servers earlier tests of this process left (the HF engine's) are not ours
     yield t
     launcher.close_all()
 
