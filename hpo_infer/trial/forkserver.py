@@ -14,6 +14,12 @@ an answer socket. On that answer socket the server writes ``{"pid": N}`` once fo
 subreaper) are killed. Several agents of one process may share a server: children run at once.
 The server ends when the agent closes its socket or the agent process is gone (its parent-death
 signal; it also checks its parent every second).
+
+The parent-death signal is SIGTERM, handled, not SIGKILL: an agent killed outright closes its
+socket a moment before the kernel sends that signal, and the server, woken by the closed socket,
+is by then freezing its children (SIGSTOP) to kill them. A SIGKILL landing between the freeze and
+the kill left a trial stopped for good with its grandchild alive (CI, the SIGKILLed-agent test).
+So SIGTERM only asks the server to shut down, and is blocked while it does.
 """
 
 from __future__ import annotations
@@ -66,14 +72,19 @@ class Server:
         self.sock = sock
         self.parent = os.getppid()
         self.live: dict[int, tuple[socket.socket, str]] = {}  # pid -> (answer socket, trial mark)
+        self.stopping = False  # set by SIGTERM: the agent is gone (parent-death signal) or asks
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wake-up fd is written
+        signal.signal(signal.SIGTERM, self._on_term)
+
+    def _on_term(self, signum: int, frame: Any) -> None:
+        self.stopping = True
 
     def loop(self) -> None:
-        while os.getppid() == self.parent:
+        while not self.stopping and os.getppid() == self.parent:
             ready, _, _ = select.select([self.sock, self.wake_r], [], [], PARENT_POLL_S)
             if self.wake_r in ready:
                 while _drain(self.wake_r):
@@ -114,6 +125,8 @@ class Server:
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
             for fd in (self.wake_r, self.wake_w):
                 os.close(fd)
             self.sock.close()
@@ -158,6 +171,8 @@ class Server:
             answer.close()
 
     def shutdown(self) -> None:
+        """Kill every child's tree; no signal may stop this half-way (a frozen tree would stay)."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
         for pid in list(self.live):
             kill_tree(pid)
         kill_tree(os.getpid(), include_root=False)
@@ -181,7 +196,8 @@ def _send(sock: socket.socket, data: dict[str, Any]) -> None:
 def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[0]))
     parent = os.getppid()
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the agent gone: so is the server (its children get SIGTERM)
+    # The agent gone: SIGTERM. Until Server handles it (no child yet), it simply ends the server.
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         return 1
     become_subreaper()
