@@ -150,7 +150,7 @@ def run(
     from hpo_infer.agent.loop import Agent, Progress
     from hpo_infer.agent.start import start_study
     from hpo_infer.db.schema import connect_ready
-    from hpo_infer.study.trials import ranked
+    from hpo_infer.study.trials import ranked, tok_s
 
     results = []
     storages: dict[str, Any] = {}
@@ -176,7 +176,7 @@ def run(
         finally:
             agent.close()
         best = ranked(study)
-        row = {"study": sname, "trials": len(study.trials), "best": best[0].value if best else None}
+        row = {"study": sname, "trials": len(study.trials), "best": tok_s(best[0]) if best else None}
         results.append(row)
         if on_study is not None:
             on_study("done", i, len(entries), sname, row)

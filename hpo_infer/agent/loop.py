@@ -38,7 +38,7 @@ from hpo_infer.errors import StorageError
 from hpo_infer.measurement.protocol import PHASE, REPEAT, STARTED, Event
 from hpo_infer.reporting.notes import NoteCallback
 from hpo_infer.study import optuna_api
-from hpo_infer.study.trials import BASELINE, ROLE
+from hpo_infer.study.trials import BASELINE, ROLE, Values
 from hpo_infer.trial.runner import run_worker
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class Agent:
         self.name = name if gpus is None else f"{name} gpus {','.join(map(str, gpus))}"
 
     # ---- the objective ---------------------------------------------------------------
-    def objective(self, trial: optuna.Trial) -> float:
+    def objective(self, trial: optuna.Trial) -> Values:
         """Measure the trial ``optimize`` asked for (and the pack it leads). Called under the lock."""
         self._current = trial
         try:
@@ -168,7 +168,7 @@ class Agent:
                 self.progress.update(phase=f"{ev.data.get('phase')}{where}")
             elif ev.kind == STARTED:
                 self.progress.update(phase=f"started{where}")
-            elif ev.kind == REPEAT and i == 0:
+            elif ev.kind == REPEAT and i == 0 and not self.spec.objective.multi:  # Optuna prunes these only
                 first.rates.append(float(ev.data["tok_s"]))
                 try:
                     first.trial.report(sorted(first.rates)[len(first.rates) // 2], int(ev.data["repeat"]))

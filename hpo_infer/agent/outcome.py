@@ -16,7 +16,7 @@ import optuna
 
 from hpo_infer.agent.stop_rules import REQUEUED
 from hpo_infer.study import optuna_api
-from hpo_infer.study.trials import CONSTRAINT, ROLE
+from hpo_infer.study.trials import CONSTRAINT, ROLE, Values
 from hpo_infer.trial.runner import COMPLETE, INFEASIBLE_S, STOPPED, TIMEOUT, Outcome
 
 if TYPE_CHECKING:
@@ -46,11 +46,33 @@ def mark_feasible(trial: optuna.Trial, spec: "StudySpec", metrics: dict[str, flo
     return slo_constraints(trial, spec, metrics)
 
 
-def mark_infeasible(trial: optuna.Trial, spec: "StudySpec") -> float:
+def mark_infeasible(trial: optuna.Trial, spec: "StudySpec") -> Values:
     """The config cannot work (OOM, rejected): a violated constraint, and value 0."""
     trial.set_constraint(CONSTRAINT, 1.0)
     slo_constraints(trial, spec, {})
-    return 0.0
+    return objective_values(trial, spec, 0.0, None)
+
+
+def objective_values(trial: optuna.Trial, spec: "StudySpec", value: float, metrics: dict[str, float] | None) -> Values:
+    """What the trial is told: its tokens/s, then (objective.metrics) each further objective's
+    measured metric. One not measured (an infeasible trial) takes the worst the study has of it:
+    the violated constraint already marks the trial, and a made-up extreme would throw the GP
+    sampler's model of that objective (it fits every trial, feasible or not)."""
+    extra = spec.objective.measured()
+    if not extra:
+        return value
+    out = [value]
+    seen: list[list[float]] | None = None
+    for i, (name, direction) in enumerate(extra.items(), start=1):
+        got = (metrics or {}).get(name)
+        if got is None:
+            if seen is None:
+                done = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                seen = [t.values for t in done if t.values and len(t.values) == len(extra) + 1]
+            column = [v[i] for v in seen]
+            got = (max(column) if direction == "minimize" else min(column)) if column else 0.0
+        out.append(float(got))
+    return out
 
 
 def slo_constraints(trial: optuna.Trial, spec: "StudySpec", metrics: dict[str, float]) -> list[str]:
@@ -104,13 +126,13 @@ class Outcomes:
         reps = ", ".join(f"{float(x['tok_s']):.1f}" for x in r.repeats)
         return f"; trial {m.trial.number} measured {r.value:.1f} tok/s (repeats {reps}) with {m.settings}, not stored"
 
-    def infeasible(self, trial: optuna.Trial, reason: str, launched: bool) -> float:
+    def infeasible(self, trial: optuna.Trial, reason: str, launched: bool) -> Values:
         trial.set_user_attr("status", "infeasible")
         trial.set_user_attr("failure", reason)
         trial.set_user_attr("launched", launched)
         return mark_infeasible(trial, self.spec)
 
-    def finish(self, m: "Member") -> float:
+    def finish(self, m: "Member") -> Values:
         """The trial's value from what its worker measured (or raise: pruned, failed, interrupted)."""
         if m.early is not None:
             return m.early
@@ -132,7 +154,7 @@ class Outcomes:
                 trial.set_user_attr("status", "infeasible")
                 trial.set_user_attr("failure", "SLO missed: " + "; ".join(missed))
                 trial.set_user_attr("launched", True)
-            return float(r.value)  # type: ignore[arg-type]
+            return objective_values(trial, self.spec, float(r.value), r.metrics)  # type: ignore[arg-type]
         if r.status == INFEASIBLE_S:
             return self.infeasible(trial, r.reason or "infeasible", launched=True)
         if not r.reached and m.pack_of is not None and m.engine_started:

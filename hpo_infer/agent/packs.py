@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo_infer.agent.stop_rules import retried, spent
 from hpo_infer.spec import space as sp
 from hpo_infer.study import optuna_api
-from hpo_infer.study.trials import BASELINE, DUPLICATE_OF, ROLE
+from hpo_infer.study.trials import BASELINE, DUPLICATE_OF, ROLE, Values, told
 
 if TYPE_CHECKING:
     from hpo_infer.engines import Engine
@@ -36,7 +36,7 @@ class Member:
     settings: dict[str, Any]
     role: Any
     pack_of: int | None = None  # the number of the trial whose worker this one shares
-    early: float | None = None  # the value when decided without launching (engine check)
+    early: Values | None = None  # the value(s) when decided without launching (engine check)
     engine_started: bool = False  # the worker started the engine (for some member)
     out: "Outcome | None" = None
     rates: list[float] = field(default_factory=list)
@@ -78,8 +78,8 @@ def measured_twin(study: optuna.Study, m: Member) -> FrozenTrial | None:
     return None
 
 
-def copy_twin(trial: optuna.Trial, twin: FrozenTrial, value: float | None = None) -> float:
-    """Tell ``trial`` what ``twin`` measured: value, constraints (feasible, SLO) and verdict.
+def copy_twin(trial: optuna.Trial, twin: FrozenTrial, value: Values | None = None) -> Values:
+    """Tell ``trial`` what ``twin`` measured: value(s), constraints (feasible, SLO) and verdict.
     ``value``: the twin's, when it is not told yet (the lead of a nested pack)."""
     for k in ("status", "failure", "launched", "metrics", "spread"):
         if k in twin.user_attrs:
@@ -87,7 +87,7 @@ def copy_twin(trial: optuna.Trial, twin: FrozenTrial, value: float | None = None
     trial.set_user_attr(DUPLICATE_OF, twin.number)
     for name, v in twin.constraints.items():
         trial.set_constraint(name, v)
-    return float(twin.value if value is None else value)  # type: ignore[arg-type]
+    return told(twin) if value is None else value
 
 
 def _room(study: optuna.Study, spec: "StudySpec") -> int | None:
@@ -217,7 +217,7 @@ def pack(
 
 
 def tell_copies(
-    study: optuna.Study, members: list[Member], lead_value: float | None, tell: Callable[[Member], None]
+    study: optuna.Study, members: list[Member], lead_value: Values | None, tell: Callable[[Member], None]
 ) -> None:
     """Tell each member that repeats an earlier member's settings that member's result, once it
     has one (``lead_value``: the lead's, None if it has none). A copy of a member that failed
@@ -228,7 +228,7 @@ def tell_copies(
             continue
         src = next(x for x in members if x.trial.number == m.copy_of)
         frozen = optuna_api.stored(study, src.trial)
-        value = lead_value if src is lead else (frozen.value if frozen.state == TrialState.COMPLETE else None)
+        value = lead_value if src is lead else (told(frozen) if frozen.state == TrialState.COMPLETE else None)
         if value is None:
             m.trial.set_user_attr("failure", f"not measured: trial {src.trial.number} of its pack has these settings")
             study.tell(m.trial, state=TrialState.FAIL)

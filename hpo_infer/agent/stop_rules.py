@@ -13,7 +13,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo_infer.agent.seeding import point_key
 from hpo_infer.spec import space as sp
 from hpo_infer.study import optuna_api
-from hpo_infer.study.trials import BASELINE, ROLE, meets_constraints
+from hpo_infer.study.front import front_of
+from hpo_infer.study.trials import BASELINE, ROLE, meets_constraints, tok_s
 
 if TYPE_CHECKING:
     from hpo_infer.spec import StudySpec
@@ -66,7 +67,7 @@ def feasible(t: FrozenTrial) -> bool:
 
 
 def best_value(finished: list[FrozenTrial]) -> float | None:
-    return max((t.value for t in finished if feasible(t)), default=None)  # type: ignore[type-var]
+    return max((tok_s(t) for t in finished if feasible(t)), default=None)  # type: ignore[type-var]
 
 
 class StopRules:
@@ -140,5 +141,8 @@ class StopRules:
         ok = [t for t in finished if feasible(t)]
         if not pat or not ok:
             return False
-        best_t = max(ok, key=lambda t: t.value)  # type: ignore[arg-type,return-value]
-        return sum(1 for t in finished if t.number > best_t.number) >= pat
+        if self.spec.objective.multi:  # improvement: a trial that joined the Pareto front
+            last = max(t.number for t in front_of(ok, self.spec.objective.directions()))
+        else:
+            last = max(ok, key=lambda t: tok_s(t) or 0.0).number
+        return sum(1 for t in finished if t.number > last) >= pat

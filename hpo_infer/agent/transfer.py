@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from hpo_infer.errors import InputError
 from hpo_infer.study.gains import feasible as _feasible
-from hpo_infer.study.trials import CARRIED, RANK, WARM
+from hpo_infer.study.trials import CARRIED, RANK, WARM, tok_s
 from hpo_infer.study.trials import TRANSFER as KEY
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def carry_plan(
     """
     from hpo_infer.spec import space as sp
 
-    ranked = sorted((t for t in source if _feasible(t)), key=lambda t: t.value, reverse=True)
+    ranked = sorted((t for t in source if _feasible(t)), key=lambda t: tok_s(t) or 0.0, reverse=True)
     out: list[tuple[dict[str, Any], dict[str, Any]]] = []
     seen: list[dict[str, Any]] = []
     for t in ranked:
@@ -50,7 +50,7 @@ def carry_plan(
             continue  # e.g. the source baseline left engine-resolved settings out of its params
         seen.append(params)
         rank = len(out)
-        out.append((params, {RANK: rank, "source_trial": t.number, "source_tok_s": t.value}))
+        out.append((params, {RANK: rank, "source_trial": t.number, "source_tok_s": tok_s(t)}))
         if len(out) >= n:
             break
     return out

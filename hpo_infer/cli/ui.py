@@ -59,10 +59,12 @@ def progress_display(progress: "Progress", total: int | None) -> Iterator[None]:
 
 def trial_line(t: Any) -> str:
     """One line per finished trial: number, status, value, settings, and why it failed."""
+    from hpo_infer.study.trials import tok_s
+
     status = t.user_attrs.get("status") or t.state.name.lower()
     if t.state.name == "FAIL":
         status = "failed"
-    value = f"{t.value:,.1f} tok/s" if t.value is not None and status == "ok" else ""
+    value = f"{tok_s(t):,.1f} tok/s" if tok_s(t) is not None and status == "ok" else ""
     why = t.user_attrs.get("failure") or ""
     if t.user_attrs.get("duplicate_of") is not None:
         why = f"(same settings as trial {t.user_attrs['duplicate_of']}: not measured again) {why}"
@@ -80,7 +82,7 @@ def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> N
     from optuna.trial import TrialState
 
     from hpo_infer.study.overhead import study_overhead
-    from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, uncertainty
+    from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, tok_s, uncertainty
     from hpo_infer.study.verdict import describe
 
     trials = study.get_trials(deepcopy=False)
@@ -104,12 +106,12 @@ def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> N
         rows.append(("baseline", base))
     rows += [("best" if i == 0 else f"#{i + 1}", t) for i, t in enumerate(best_list[:3])]
     for role, t in rows:
-        gain = f"{gain_pct(t.value, base.value):+.1f}%" if base is not None and base.value else "-"
+        gain = f"{gain_pct(tok_s(t), tok_s(base)):+.1f}%" if base is not None and tok_s(base) else "-"
         table.add_row(
             role,
             str(t.number),
             _fmt_settings(t.user_attrs.get("settings", t.params)),
-            f"{t.value:,.1f}",
+            f"{tok_s(t):,.1f}",
             uncertainty(t),
             gain,
         )
@@ -127,18 +129,20 @@ def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> N
         )
     if best_list:
         best = best_list[0]
-        console.print(f"[bold green]best configuration[/bold green] (trial {best.number}, {best.value:,.1f} tok/s):")
+        console.print(f"[bold green]best configuration[/bold green] (trial {best.number}, {tok_s(best):,.1f} tok/s):")
         console.print(json.dumps(best.user_attrs.get("settings", best.params), sort_keys=True))
     else:
         console.print("[bold red]no feasible trial yet[/bold red]")
 
 
 def studies_table(summaries: list[Any]) -> None:
+    from hpo_infer.study.trials import tok_s
+
     table = Table(title="studies")
     for col in ("study", "trials", "best tok/s"):
         table.add_column(col)
     for s in summaries:
-        best = s.best_trial.value if s.best_trial is not None else None
+        best = tok_s(s.best_trial) if s.best_trial is not None else None
         table.add_row(s.study_name, str(s.n_trials), f"{best:,.1f}" if best is not None else "-")
     console.print(table)
 

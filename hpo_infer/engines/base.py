@@ -93,6 +93,7 @@ class Engine(abc.ABC):
     # Names of the measurements a result's ``metrics`` carries (latencies of a serving engine);
     # a spec's ``objective.slo`` may bound any of them. Empty: the engine reports throughput only.
     metrics: ClassVar[tuple[str, ...]] = ()
+    for_tests: ClassVar[bool] = False  # a fake on purpose: never offered to users in messages
     # Settings applied per generate call, not at engine start (batch_size...): configs that differ
     # only in these can share one started engine (see :meth:`reuse_key`). Empty: no sharing.
     client_side: ClassVar[tuple[str, ...]] = ()

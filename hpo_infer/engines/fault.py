@@ -31,6 +31,8 @@ class FaultEngine(Engine):
     name = "fault"
     distribution = None
     uses_torch = False
+    for_tests = True
+    metrics = ("p99_ttft_ms", "p99_tpot_ms")  # with latency: on (the trade-off a serving engine has)
     client_side = ("x", "crash_x")
     _started: str | None = None  # reuse key of the simulated engine left started
     settings = (
@@ -117,6 +119,6 @@ class FaultEngine(Engine):
         rules.min_pass_s = 0.0  # a simulated pass lasts pass_s by construction: one cycle per repeat
         result = measure(one_pass, rules, emit)
         result.start_s = start_s
-        if p["latency"] == "on":  # undeclared in ``metrics``: no SLO on a fake, only the front
+        if p["latency"] == "on":
             result.metrics = {"p99_ttft_ms": 20.0 + 3.0 * int(p["x"]), "p99_tpot_ms": 4.0 + int(p["y"])}
         return result

@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from hpo_infer.study.trials import ranked
+from hpo_infer.study.trials import ranked, tok_s
 from hpo_infer.study.verdict import verdict
 
 GPU_KEYS = ("num_gpus", "tensor_parallel_size")
@@ -45,12 +45,12 @@ def points(study: optuna.Study, model: str, engine: str) -> list[Point]:
     out = []
     for t in ranked(study):
         s = t.user_attrs.get("settings", t.params)
-        reps = [float(x) for x in t.user_attrs.get("repeats") or [t.value]]
+        reps = [float(x) for x in t.user_attrs.get("repeats") or [tok_s(t)]]
         gpus = next((int(s[k]) for k in GPU_KEYS if k in s), 1)
         # A baseline leaves batch_size to the engine: vLLM's default is every prompt at once,
         # not 1; the worker reports what it used.
         batch = s.get("batch_size") or (t.user_attrs.get("resolved") or {}).get("batch_size") or 1
-        out.append(Point(model, engine, int(batch), gpus, float(t.value), min(reps), max(reps), reps, t.number, s))
+        out.append(Point(model, engine, int(batch), gpus, float(tok_s(t)), min(reps), max(reps), reps, t.number, s))
     return out
 
 

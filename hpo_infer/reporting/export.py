@@ -21,8 +21,10 @@ from hpo_infer.study.trials import (
     baseline_trial,
     cache_warnings,
     gain_pct,
+    meets_constraints,
     ranked,
     settings_of,
+    tok_s,
     uncertainty,
 )
 from hpo_infer.study.verdict import describe
@@ -75,12 +77,42 @@ def render_front(rec: dict[str, Any], fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def best_record(study: optuna.Study) -> dict[str, Any]:
-    """Everything an export carries; raises InputError when the study has no feasible trial."""
+def pick_record(study: optuna.Study, text: str) -> dict[str, Any]:
+    """``export --pick "p99_ttft_ms<=200"``: the front's most tokens/s within the budget, as
+    :func:`best_record` writes the best (the front of a multi-objective study, else the
+    throughput-vs-latency front a serving study measured, else the feasible trials)."""
+    from hpo_infer.reporting import pareto
+    from hpo_infer.study import front as study_front
+
+    try:
+        bounds = study_front.parse_pick(text)
+    except ValueError as exc:
+        raise InputError("--pick", str(exc)) from None
+    points = [t for t in pareto.front(study) if meets_constraints(t)] or ranked(study)
+    if not points:
+        raise InputError(f"study {study.study_name!r}", "has no feasible completed trial to export")
+    known = study_front.names_measured(points)
+    for b in bounds:
+        if study_front.measured(points[0], b.name) is None and b.name not in known:
+            has = ", ".join(["throughput", *sorted(known)])
+            raise InputError("--pick", f"the study's points do not measure {b.name!r} (they measure: {has})")
+    chosen = study_front.pick(points, bounds)
+    if chosen is None:
+        closest = {b.name: min(study_front.measured(t, b.name) or 0.0 for t in points) for b in bounds if b.op == "<="}
+        near = ", ".join(f"lowest {n} {v:,.1f}" for n, v in closest.items())
+        raise InputError("--pick", f"no point of the front meets {text.strip()}" + (f" ({near})" if near else ""))
+    rec = best_record(study, chosen)
+    rec["pick"] = {"budget": ", ".join(map(str, bounds)), "front_points": len(points)}
+    return rec
+
+
+def best_record(study: optuna.Study, chosen: optuna.trial.FrozenTrial | None = None) -> dict[str, Any]:
+    """Everything an export carries (of ``chosen``, else the best); raises InputError when the
+    study has no feasible trial."""
     best_list = ranked(study)
     if not best_list:
         raise InputError(f"study {study.study_name!r}", "has no feasible completed trial to export")
-    best = best_list[0]
+    best = chosen or best_list[0]
     base = baseline_trial(study)
     validation = study.user_attrs.get(VALIDATION)
     rec: dict[str, Any] = {
@@ -91,14 +123,14 @@ def best_record(study: optuna.Study) -> dict[str, Any]:
         "model_spec": study.user_attrs.get("model_spec"),
         "workload": study.user_attrs.get("workload"),
         "settings": best.user_attrs.get("settings", settings_of(best)),
-        "throughput_tok_s": best.value,
+        "throughput_tok_s": tok_s(best),
         "throughput_spread": best.user_attrs.get("spread"),
         "throughput_uncertainty": uncertainty(best),
         "cache_warnings": cache_warnings([t for t in (best, base) if t is not None]) or None,
         "trial": best.number,
-        "baseline_tok_s": base.value if base else None,
+        "baseline_tok_s": tok_s(base) if base else None,
         "baseline_resolved": base.user_attrs.get("resolved") if base else None,
-        "gain_pct": gain_pct(best.value, base.value) if base and base.value else None,
+        "gain_pct": gain_pct(tok_s(best), tok_s(base)) if base and tok_s(base) else None,
         "verdict": describe(validation),
         "environment": best.user_attrs.get("env"),
     }

@@ -13,7 +13,7 @@ import optuna
 
 from hpo_infer.storage_url import mask
 from hpo_infer.study import optuna_api
-from hpo_infer.study.trials import uncertainty
+from hpo_infer.study.trials import tok_s, uncertainty
 
 
 def trial_note(t: optuna.trial.FrozenTrial) -> str:
@@ -24,10 +24,10 @@ def trial_note(t: optuna.trial.FrozenTrial) -> str:
         lines.append(f"role: **{a['hpo_infer_role']}**")
     settings = a.get("settings", t.params)
     lines.append("settings: `" + (json.dumps(settings, sort_keys=True) if settings else "engine defaults") + "`")
-    if t.value is not None and status == "ok":
+    if tok_s(t) is not None and status == "ok":
         sp = a.get("spread") or {}
         lines.append(
-            f"throughput: **{t.value:,.1f} tok/s** ({uncertainty(t)};"
+            f"throughput: **{tok_s(t):,.1f} tok/s** ({uncertainty(t)};"
             f" min {sp.get('min', 0):,.1f}, max {sp.get('max', 0):,.1f})"
         )
     if a.get("prefix_cache"):

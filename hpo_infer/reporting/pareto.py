@@ -1,9 +1,10 @@
 """Throughput vs latency: the measured configurations that no other one beats on both.
 
-A serving study maximises one number (output tokens/s, or goodput under targets), but whoever
-picks a server configuration also weighs its latency. The front is read from what each trial
-already measured (its ``metrics``), so it costs no extra runs; the search itself stays
-single-objective with the SLO targets as constraints, which every sampler supports.
+A single-objective serving study maximises one number (output tokens/s, or goodput under
+targets), but whoever picks a server configuration also weighs its latency. Its front is read
+from what each trial already measured (its ``metrics``), so it costs no extra runs. A
+multi-objective study (``objective.metrics``) searches the front itself: its front is the one
+over its objectives (:mod:`hpo_infer.study.front`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo_infer.study.trials import DUPLICATE_OF, meets_constraints
+from hpo_infer.study import front as study_front
+from hpo_infer.study.trials import DUPLICATE_OF, meets_constraints, tok_s
 
 DEFAULT_AXES = ("p99_ttft_ms", "p99_tpot_ms")
 
@@ -24,7 +26,10 @@ def targets(study: optuna.Study) -> dict[str, float]:
 
 
 def axes(study: optuna.Study) -> list[str]:
-    """The latencies to trade against throughput: the study's SLO targets, else p99 TTFT and TPOT."""
+    """The latencies to trade against throughput: a multi-objective study's other objectives,
+    else the study's SLO targets, else p99 TTFT and TPOT."""
+    if len(study.directions) > 1:
+        return study_front.objective_names(study)[1:]
     names = [k for k in targets(study) if k.endswith("_ms")] or list(DEFAULT_AXES)
     # TTFT first: it is the one a plot shows, and the one queueing moves most.
     return sorted(names, key=lambda n: (DEFAULT_AXES.index(n) if n in DEFAULT_AXES else len(DEFAULT_AXES), n))
@@ -35,7 +40,7 @@ def points(study: optuna.Study, names: list[str]) -> list[optuna.trial.FrozenTri
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         m = t.user_attrs.get("metrics") or {}
-        if DUPLICATE_OF not in t.user_attrs and t.value and all(isinstance(m.get(n), (int, float)) for n in names):
+        if DUPLICATE_OF not in t.user_attrs and tok_s(t) and all(isinstance(m.get(n), (int, float)) for n in names):
             out.append(t)
     return out
 
@@ -46,12 +51,14 @@ def front(study: optuna.Study, names: list[str] | None = None) -> list[optuna.tr
     SLO-missing trials take part: the front shows the trade-off, and
     :func:`~hpo_infer.study.trials.meets_constraints` says which points the targets allow.
     """
+    if len(study.directions) > 1:  # the search's own front: its objectives, feasible trials
+        return study_front.front(study)
     names = names or axes(study)
     pts = points(study, names)
 
     def key(t: optuna.trial.FrozenTrial) -> tuple[float, ...]:  # every component: higher is better
         m = t.user_attrs["metrics"]
-        return (float(t.value), *(-float(m[n]) for n in names))  # type: ignore[arg-type]
+        return (float(tok_s(t)), *(-float(m[n]) for n in names))  # type: ignore[arg-type]
 
     keys = {t.number: key(t) for t in pts}
 
@@ -59,17 +66,17 @@ def front(study: optuna.Study, names: list[str] | None = None) -> list[optuna.tr
         k = keys[t.number]
         return any(all(a >= b for a, b in zip(keys[o.number], k)) and keys[o.number] != k for o in pts)
 
-    return sorted((t for t in pts if not dominated(t)), key=lambda t: -float(t.value))  # type: ignore[arg-type]
+    return sorted((t for t in pts if not dominated(t)), key=lambda t: -float(tok_s(t)))  # type: ignore[arg-type]
 
 
 def record(t: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:
     """One front point as export writes it."""
-    m = t.user_attrs["metrics"]
+    m = t.user_attrs.get("metrics") or {}
     return {
         "trial": t.number,
         "settings": t.user_attrs.get("settings", t.params),
-        "throughput_tok_s": t.value,
-        "latency_ms": {n: m[n] for n in names},
+        "throughput_tok_s": tok_s(t),
+        "latency_ms": {n: m.get(n) for n in names},
         "meets_targets": meets_constraints(t),
         **({"goodput_request_rate": m["goodput_request_rate"]} if "goodput_request_rate" in m else {}),
     }

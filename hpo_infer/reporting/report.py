@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from hpo_infer.storage_url import mask
 from hpo_infer.study.overhead import study_overhead
-from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, uncertainty
+from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, tok_s, uncertainty
 from hpo_infer.study.verdict import describe
 
 
@@ -63,14 +63,14 @@ def _ci(t: optuna.trial.FrozenTrial) -> tuple[float, float] | None:
     """The 95% CI of a trial's mean tokens/s from its repeats' spread; None when not kept."""
     sp = t.user_attrs.get("spread") or {}
     lo, hi = sp.get("ci95_low"), sp.get("ci95_high")
-    if lo is None or hi is None or t.value is None:
+    if lo is None or hi is None or tok_s(t) is None:
         return None
     return float(lo), float(hi)
 
 
 def _errorbars(ax: Any, pts: list[tuple[float, optuna.trial.FrozenTrial]]) -> None:
     """Each measured trial's 95% CI as an error bar about its value (one container per panel)."""
-    bars = [(x, t.value, _ci(t)) for x, t in pts]
+    bars = [(x, tok_s(t), _ci(t)) for x, t in pts]
     bars = [(x, y, ci) for x, y, ci in bars if ci is not None]
     if not bars:
         return
@@ -83,7 +83,7 @@ def _errorbars(ax: Any, pts: list[tuple[float, optuna.trial.FrozenTrial]]) -> No
 def _mark(ax: Any, pts: list[tuple[float, optuna.trial.FrozenTrial]], base: Any, best: Any) -> None:
     """Ring the baseline and star the best trial, wherever they are in this panel."""
     for t, style in ((base, _BASE_STYLE), (best, _BEST_STYLE)):
-        at = [(x, p.value) for x, p in pts if t is not None and p.number == t.number]
+        at = [(x, tok_s(p)) for x, p in pts if t is not None and p.number == t.number]
         if at:
             ax.scatter(*zip(*at), **style)
 
@@ -116,7 +116,7 @@ def landscape_figure(study: optuna.Study) -> Any | None:
         bad = [(x, 0.0) for x, t in zip(xs, these) if _status(t) != "ok"]
         _errorbars(ax, ok)
         if ok:
-            ax.scatter([x for x, _ in ok], [t.value for _, t in ok], s=28, alpha=0.8, label="measured (95% CI)")
+            ax.scatter([x for x, _ in ok], [tok_s(t) for _, t in ok], s=28, alpha=0.8, label="measured (95% CI)")
         if bad:
             ax.scatter(*zip(*bad), marker="x", color="tab:red", label="infeasible")
         _mark(ax, ok, base, best)
@@ -148,7 +148,7 @@ def history_figure(study: optuna.Study) -> Any | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     xs = [t.number for t in trials]
-    ys = [t.value if _status(t) == "ok" else 0.0 for t in trials]
+    ys = [tok_s(t) if _status(t) == "ok" else 0.0 for t in trials]
     best, cur = [], 0.0
     for y in ys:
         cur = max(cur, y)
@@ -159,7 +159,7 @@ def history_figure(study: optuna.Study) -> Any | None:
     ax.step(xs, best, where="post", color="tab:green", label="best so far")
     base = baseline_trial(study)
     if base is not None:
-        ax.axhline(base.value, color="black", ls="--", lw=1, label="baseline (engine defaults)")
+        ax.axhline(tok_s(base), color="black", ls="--", lw=1, label="baseline (engine defaults)")
     _mark(ax, ok, base_t, best_t)
     _tokens_axes(ax, "trial", "optimisation history")
     return fig
@@ -186,11 +186,11 @@ def plot_pareto(study: optuna.Study, path: Path) -> Path | None:
     lat = lambda t: t.user_attrs["metrics"][names[0]]  # noqa: E731
     ok = [t for t in pts if meets_constraints(t)]
     miss = [t for t in pts if not meets_constraints(t)]
-    ax.scatter([lat(t) for t in ok], [t.value for t in ok], s=24, label="trial (meets targets)")
+    ax.scatter([lat(t) for t in ok], [tok_s(t) for t in ok], s=24, label="trial (meets targets)")
     if miss:
         ax.scatter(
             [lat(t) for t in miss],
-            [t.value for t in miss],
+            [tok_s(t) for t in miss],
             s=24,
             marker="x",
             color="tab:red",
@@ -199,14 +199,14 @@ def plot_pareto(study: optuna.Study, path: Path) -> Path | None:
     # Rings, not a line: with two latencies the front need not be monotone in the one plotted.
     ax.scatter(
         [lat(t) for t in best],
-        [t.value for t in best],
+        [tok_s(t) for t in best],
         s=110,
         facecolors="none",
         edgecolors="tab:green",
         label=f"Pareto front ({', '.join(names)})",
     )
     for t in best:
-        ax.annotate(str(t.number), (lat(t), t.value), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.annotate(str(t.number), (lat(t), tok_s(t)), fontsize=7, xytext=(3, 3), textcoords="offset points")
     slo = pareto.targets(study)
     if names[0] in slo:
         ax.axvline(slo[names[0]], color="black", ls="--", lw=1, label=f"target {names[0]} {slo[names[0]]:g}")
@@ -281,19 +281,19 @@ def summary_markdown(study: optuna.Study, plots: dict[str, Path | None]) -> str:
         ("best" if i == 0 else f"#{i + 1}", t) for i, t in enumerate(best_list[:3])
     ]
     for role, t in rows:
-        gain = f"{gain_pct(t.value, base.value):+.1f}%" if base and base.value else "-"
+        gain = f"{gain_pct(tok_s(t), tok_s(base)):+.1f}%" if base and tok_s(base) else "-"
         out.append(
             f"| {role} | {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` "
-            f"| {t.value:,.1f} | {uncertainty(t)} | {gain} |"
+            f"| {tok_s(t):,.1f} | {uncertainty(t)} | {gain} |"
         )
     out += [f"**warning**: {w}" for w in cache_warnings(trials)]
-    if best_list and base and base.value:
-        out += ["", f"**gain of best over baseline: {gain_pct(best_list[0].value, base.value):+.1f}%**"]
+    if best_list and base and tok_s(base):
+        out += ["", f"**gain of best over baseline: {gain_pct(tok_s(best_list[0]), tok_s(base)):+.1f}%**"]
     out.append(f"re-validation: {describe(a.get('validation'))}")
     bound = compute_bound(study)
     if bound and best_list:
         out.append(
-            f"compute bound (roofline): {bound:,.0f} tok/s; best is **{best_list[0].value / bound * 100:.1f}%** of it"
+            f"compute bound (roofline): {bound:,.0f} tok/s; best is **{tok_s(best_list[0]) / bound * 100:.1f}%** of it"
         )
     elif best_list:
         out.append("compute bound: n/a (needs a known GPU and model config)")
@@ -339,7 +339,8 @@ def _pareto_section(study: optuna.Study) -> list[str]:
     for t in best:
         m = t.user_attrs["metrics"]
         out.append(
-            f"| {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` | {t.value:,.1f} | "
+            f"| {t.number} | `{json.dumps(t.user_attrs.get('settings', t.params), sort_keys=True)}` "
+            f"| {tok_s(t):,.1f} | "
             + " | ".join(f"{m[n]:,.1f}" for n in names)
             + f" | {'yes' if meets_constraints(t) else 'no'} |"
         )
@@ -372,9 +373,9 @@ def compare_rows(studies: list[optuna.Study]) -> list[dict[str, Any]]:
                 "model": a.get("model"),
                 "gpu": f"{a.get('gpu')} x{a.get('gpu_count')}",
                 "trials": len(s.get_trials(deepcopy=False)),
-                "baseline_tok_s": base.value if base else None,
-                "best_tok_s": best[0].value if best else None,
-                "gain_pct": gain_pct(best[0].value, base.value) if best and base and base.value else None,
+                "baseline_tok_s": tok_s(base) if base else None,
+                "best_tok_s": tok_s(best[0]) if best else None,
+                "gain_pct": gain_pct(tok_s(best[0]), tok_s(base)) if best and base and tok_s(base) else None,
                 "best_settings": best[0].user_attrs.get("settings", best[0].params) if best else None,
             }
         )

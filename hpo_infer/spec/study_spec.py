@@ -84,7 +84,7 @@ class WorkloadSpec(BaseModel):
 
 class SamplerSpec(BaseModel):
     model_config = _STRICT
-    name: Literal["auto", "tpe", "grid", "random", "gp", "cmaes"] = "auto"  # auto: see study.sampler_name
+    name: Literal["auto", "tpe", "grid", "random", "gp", "cmaes", "nsga2"] = "auto"  # auto: see study.sampler_name
     seed: Optional[int] = None
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -131,12 +131,41 @@ class ObjectiveSpec(BaseModel):
     # trial that misses one is infeasible (an Optuna constraint > 0); the engine names its metrics.
     slo: dict[str, float] = Field(default_factory=dict)
     rate_steps: int = Field(default=4, ge=1, le=12, description="goodput: bisection steps below the saturation rate")
+    # Multi-objective: the measured metrics to trade off, in order, each with its direction, e.g.
+    # {throughput: maximize, p99_ttft_ms: minimize}. The first is the value (throughput or
+    # goodput, maximised): every study's first objective is tokens/s. The study then has Optuna
+    # directions and a Pareto front; ``slo`` targets still apply as constraints.
+    metrics: Optional[dict[str, Literal["maximize", "minimize"]]] = None
 
     @model_validator(mode="after")
     def _goodput_needs_targets(self) -> "ObjectiveSpec":
+        if self.metrics is not None:
+            names = list(self.metrics)
+            if len(names) < 2:
+                raise ValueError("metrics: name two or more (e.g. {throughput: maximize, p99_ttft_ms: minimize})")
+            if names[0] not in ("throughput", "goodput") or self.metrics[names[0]] != "maximize":
+                first = "'throughput: maximize' or 'goodput: maximize'"
+                raise ValueError(f"metrics: the first must be {first}, not {names[0]!r}")
+            if "metric" in self.model_fields_set and self.metric != names[0]:
+                raise ValueError(f"metric is {self.metric!r} but metrics starts with {names[0]!r}: say it once")
+            if any(n in ("throughput", "goodput") for n in names[1:]):
+                raise ValueError("metrics: throughput or goodput only first")
+            self.metric = names[0]  # type: ignore[assignment]
         if self.metric == "goodput" and not self.slo:
             raise ValueError("metric goodput needs 'slo' targets (e.g. slo: {p99_ttft_ms: 500})")
         return self
+
+    @property
+    def multi(self) -> bool:
+        """Several objectives: an Optuna study with directions and a Pareto front."""
+        return bool(self.metrics)
+
+    def directions(self) -> list[str]:
+        return list(self.metrics.values()) if self.metrics else [self.direction]
+
+    def measured(self) -> dict[str, str]:
+        """The objectives after the value: engine metrics (latencies) and their directions."""
+        return dict(list(self.metrics.items())[1:]) if self.metrics else {}
 
 
 class StudySpec(BaseModel):
@@ -366,16 +395,25 @@ def _check_slo(spec: StudySpec) -> None:
     for name, target in spec.objective.slo.items():
         if target <= 0:
             raise InputError(f"{spec.source}: objective.slo.{name}", f"a target must be > 0, got {_num(target)}")
-        if name not in eng.metrics:
-            has = [n for n in engine_names() if engine_class(n).metrics]
-            why = (
-                f"it measures: {', '.join(eng.metrics)}"
-                if eng.metrics
-                else f"it measures throughput only; serving engines: {', '.join(has)}"
-            )
-            raise InputError(
-                f"{spec.source}: objective.slo.{name}", f"engine {spec.engine!r} has no metric {name!r} ({why})"
-            )
+        _check_metric(spec, f"objective.slo.{name}", name)
+    for name in spec.objective.measured():
+        _check_metric(spec, f"objective.metrics.{name}", name)
+
+
+def _check_metric(spec: StudySpec, key: str, name: str) -> None:
+    """``name`` must be a metric the spec's engine measures."""
+    from hpo_infer.engines import engine_class, engine_names
+
+    eng = engine_class(spec.engine)
+    if name in eng.metrics:
+        return
+    has = [n for n in engine_names() if engine_class(n).metrics and not engine_class(n).for_tests]
+    why = (
+        f"it measures: {', '.join(eng.metrics)}"
+        if eng.metrics
+        else f"it measures throughput only; serving engines: {', '.join(has)}"
+    )
+    raise InputError(f"{spec.source}: {key}", f"engine {spec.engine!r} has no metric {name!r} ({why})")
 
 
 def _check_engine_files(spec: StudySpec, base_dir: Path | None) -> None:
@@ -409,6 +447,10 @@ def _check_sampler(spec: StudySpec) -> None:
 
         if importlib.util.find_spec("torch") is None:
             raise InputError(key, "the gp sampler needs torch (pip install 'hpo-infer[hf]'), or use tpe")
+    if spec.objective.multi and spec.pruner.name != "none":
+        raise InputError(f"{spec.source}: pruner.name", "Optuna prunes single-objective studies only: use none")
+    if spec.objective.multi and name == "cmaes":
+        raise InputError(key, "cmaes is single-objective; for objective.metrics use auto, tpe, nsga2, gp or random")
     if name == "cmaes":
         bad = [n for n, p in spec.space().items() if p.type == "categorical" or p.when]
         if bad:

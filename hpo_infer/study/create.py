@@ -26,8 +26,8 @@ METRIC_NAMES = {"throughput": "output tokens/s", "goodput": "goodput output toke
 
 
 def metric_names(objective: "ObjectiveSpec") -> list[str]:
-    """The study's metric names: one, the study being single-objective."""
-    return [METRIC_NAMES[objective.metric]]
+    """The study's metric names: the value's, then each further objective's (its own name)."""
+    return [METRIC_NAMES[objective.metric], *objective.measured()]
 
 
 def _name_metric(study: optuna.Study, spec: "StudySpec") -> None:
@@ -45,7 +45,7 @@ def create_or_load(spec: "StudySpec", storage: Any, name: str, gpu: "GPUInfo") -
         storage=storage,
         sampler=make_sampler(spec),
         pruner=make_pruner(spec),
-        direction=spec.objective.direction,
+        directions=spec.objective.directions(),
         load_if_exists=True,
     )
     _name_metric(study, spec)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from hpo_infer.study.trials import BASELINE, RANK, ROLE, TRANSFER, gain_pct, meets_constraints
+from hpo_infer.study.trials import BASELINE, RANK, ROLE, TRANSFER, gain_pct, meets_constraints, tok_s
 
 if TYPE_CHECKING:
     import optuna
@@ -32,7 +32,7 @@ class Gain:
 def feasible(t: "optuna.trial.FrozenTrial") -> bool:
     from optuna.trial import TrialState
 
-    return t.state == TrialState.COMPLETE and t.value is not None and t.value > 0 and meets_constraints(t)
+    return t.state == TrialState.COMPLETE and (tok_s(t) or 0.0) > 0 and meets_constraints(t)
 
 
 def gains(trials: Sequence["optuna.trial.FrozenTrial"]) -> Gain:
@@ -44,18 +44,18 @@ def gains(trials: Sequence["optuna.trial.FrozenTrial"]) -> Gain:
     g = Gain(trials=len(trials))
     if not ok:
         return g
-    best = max(ok, key=lambda t: t.value)
-    g.best_trial, g.best_tok_s = best.number, best.value
+    best = max(ok, key=lambda t: tok_s(t) or 0.0)
+    g.best_trial, g.best_tok_s = best.number, tok_s(best)
     g.best_settings = best.user_attrs.get("settings", dict(best.params))
     carried = sorted((t for t in ok if RANK in t.user_attrs), key=lambda t: (t.user_attrs[RANK], t.number))
     if carried:
         c = carried[0]
-        g.carried_trial, g.carried_rank, g.carried_tok_s = c.number, int(c.user_attrs[RANK]), c.value
-        g.gain_vs_carried_pct = gain_pct(best.value, c.value)
+        g.carried_trial, g.carried_rank, g.carried_tok_s = c.number, int(c.user_attrs[RANK]), tok_s(c)
+        g.gain_vs_carried_pct = gain_pct(tok_s(best), tok_s(c))
     base = next((t for t in ok if t.user_attrs.get(ROLE) == BASELINE), None)
     if base is not None:
-        g.baseline_tok_s = base.value
-        g.gain_vs_defaults_pct = gain_pct(best.value, base.value)
+        g.baseline_tok_s = tok_s(base)
+        g.gain_vs_defaults_pct = gain_pct(tok_s(best), tok_s(base))
     return g
 
 

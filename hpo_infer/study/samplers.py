@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 
 SALT = 1_000_003  # a prime: ``seed + offset + SALT * salt`` keeps (offset, salt) pairs apart
+MULTI_OBJECTIVE_AUTO = "tpe"  # ``auto`` with objective.metrics: see sampler_name
 
 
 def make_sampler(spec: "StudySpec", offset: int = 0, salt: int = 0) -> optuna.samplers.BaseSampler:
@@ -37,6 +38,8 @@ def make_sampler(spec: "StudySpec", offset: int = 0, salt: int = 0) -> optuna.sa
         return optuna.samplers.GPSampler(seed=s.seed, **opts)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=s.seed, **opts)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=s.seed, **opts)
     # Grid: every point is enqueued up front (see agent.enqueue_grid); the sampler only ever
     # sees enqueued trials, so no point is measured twice, even with many agents.
     return optuna.samplers.RandomSampler(seed=s.seed)
@@ -53,6 +56,9 @@ def sampler_name(spec: "StudySpec") -> str:
     if name != "auto":
         return name
     import importlib.util
+
+    if spec.objective.multi:
+        return MULTI_OBJECTIVE_AUTO
 
     if any(p.when for p in spec.space().values()) or importlib.util.find_spec("torch") is None:
         return "tpe"

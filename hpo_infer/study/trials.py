@@ -44,10 +44,24 @@ def baseline_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return None
 
 
+Values = float | list[float]  # what a trial is told: one value, or one per objective (objective.metrics)
+
+
+def tok_s(t: optuna.trial.FrozenTrial) -> float | None:
+    """A trial's tokens/s: its value, the first objective of every study (``FrozenTrial.value``
+    raises in a multi-objective study)."""
+    return t.values[0] if t.values else None
+
+
+def told(t: optuna.trial.FrozenTrial) -> float | list[float]:
+    """What the trial was told, as an objective returns it: one value, or one per objective."""
+    return t.values[0] if len(t.values) == 1 else list(t.values)
+
+
 def ranked(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Feasible trials, best first; a re-proposed point counts once (its first measurement)."""
+    """Feasible trials, most tokens/s first; a re-proposed point counts once (its first measurement)."""
     points = [t for t in feasible_trials(study) if DUPLICATE_OF not in t.user_attrs]
-    return sorted(points, key=lambda t: t.value or 0.0, reverse=True)
+    return sorted(points, key=lambda t: tok_s(t) or 0.0, reverse=True)
 
 
 def settings_of(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
