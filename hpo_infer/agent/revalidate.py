@@ -8,6 +8,11 @@ how far two engine starts of one configuration land apart. The verdict is Welch'
 throughput (noise on a rate is multiplicative); a gain is called larger than the noise only if
 the test says so *and* it exceeds the noise floor. A trial is never compared with itself: when
 the baseline measured best, the runner-up is compared with it and the summary says so.
+
+A multi-objective study re-measures its front instead (up to ``MAX_FRONT`` points, most tokens/s
+first, beside the baseline), and marks each point whose gap to its neighbour on the front is
+inside the noise on every objective: tokens/s by the same test, each metric by its engine
+starts' ranges overlapping. Such neighbours are one choice as far as the measurements can tell.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from hpo_infer.engines import engine_class
+from hpo_infer.study.front import front
 from hpo_infer.study.trials import BASELINE, ROLE, baseline_trial, ranked, settings_of
 from hpo_infer.study.trials import VALIDATION as KEY
 from hpo_infer.study.verdict import describe, verdict
@@ -71,14 +77,34 @@ def candidates(study: optuna.Study, engine: str) -> tuple[list[tuple[str, optuna
     return out, baseline_is_best
 
 
+MAX_FRONT = 4  # front points re-measured: each costs validation_rounds engine starts
+
+
+def front_candidates(study: optuna.Study, engine: str) -> list[tuple[str, optuna.trial.FrozenTrial]]:
+    """Baseline, then the front's points (distinct configurations, most tokens/s first)."""
+    base = baseline_trial(study)
+    out = [("baseline", base)] if base is not None else []
+    seen = [effective_settings(base, engine)] if base is not None else []
+    for t in front(study):
+        s = effective_settings(t, engine)
+        if any(same_config(s, x) for x in seen):
+            continue
+        out.append((f"front_{sum(1 for r, _ in out if r != 'baseline') + 1}", t))
+        seen.append(s)
+        if len(out) - (base is not None) >= MAX_FRONT:
+            break
+    return out
+
+
 def revalidate(
     study: optuna.Study, spec: "StudySpec", gpus: list[int] | None = None, stop: "threading.Event | None" = None
 ) -> dict[str, Any] | None:
     """Re-measure the finalists, each in its own engine start, interleaved; store and return the
     verdict. A signal (``stop``) ends the running start at once and stores nothing: the same
     command re-validates again."""
-    cands, baseline_is_best = candidates(study, spec.engine)
-    if not any(role == "best" for role, _ in cands):
+    multi = spec.objective.multi
+    cands, baseline_is_best = (front_candidates(study, spec.engine), False) if multi else candidates(study, spec.engine)
+    if not any(role == "best" or role.startswith("front_") for role, _ in cands):
         return None
     configs = {role: t.user_attrs.get("settings", settings_of(t)) for role, t in cands}
     starts: dict[str, list[Any]] = {role: [] for role, _ in cands}
@@ -101,6 +127,11 @@ def revalidate(
     floor = noise_floor(measured.get("baseline"))
     if floor is not None:
         result["noise_floor_pct"] = floor
+    if multi:
+        result["front"] = front_marks(measured, list(spec.objective.measured()), floor)
+        result["summary"] = describe(result)
+        study.set_user_attr(KEY, result)
+        return result
     b, best = measured.get("baseline"), measured.get("best")
     if b and best and b["status"] == COMPLETE and best["status"] == COMPLETE:
         result["best_vs_baseline"] = _verdict(best, b, floor)
@@ -117,6 +148,7 @@ def _pooled(trial: int, settings: dict[str, Any], starts: list[Any]) -> dict[str
     ok = [r for r in starts if r.status == COMPLETE]
     failed = next((r for r in starts if r.status != COMPLETE), None)
     repeats = [float(x["tok_s"]) for r in ok for x in r.repeats]
+    names = sorted({k for r in ok for k in (r.metrics or {})})
     return {
         "trial": trial,
         "settings": settings,
@@ -124,9 +156,43 @@ def _pooled(trial: int, settings: dict[str, Any], starts: list[Any]) -> dict[str
         "value": statistics.fmean(repeats) if repeats else None,
         "repeats": repeats,
         "start_values": [r.value for r in ok],
+        # Each metric over every repeat of every start (a start's median where repeats carry none).
+        "start_metrics": {k: _metric_values(ok, k) for k in names},
         "spread": ok[-1].spread if ok else {},
         "error": failed.error if failed is not None else None,
     }
+
+
+def _metric_values(starts: list[Any], name: str) -> list[float]:
+    per_repeat = [float(x["metrics"][name]) for r in starts for x in r.repeats if name in (x.get("metrics") or {})]
+    return per_repeat or [float(r.metrics[name]) for r in starts if name in (r.metrics or {})]
+
+
+def front_marks(measured: dict[str, Any], names: list[str], floor: float | None) -> list[dict[str, Any]]:
+    """The re-measured front, most tokens/s first; each point with its neighbour below and
+    whether their gap is inside the noise on every objective."""
+    pts = sorted(
+        (m for role, m in measured.items() if role.startswith("front_") and m["status"] == COMPLETE),
+        key=lambda m: -m["value"],
+    )
+    out = [{"trial": m["trial"], "value": m["value"], "metrics": _medians(m, names)} for m in pts]
+    for a, b, mark in zip(pts, pts[1:], out):
+        v = _verdict(a, b, floor)
+        overlap = all(_overlap(a["start_metrics"].get(n), b["start_metrics"].get(n)) for n in names)
+        mark["next"] = {"trial": b["trial"], "gain_pct": v["gain_pct"], "p_value": v["p_value"]}
+        mark["next"]["within_noise"] = not v["significant"] and overlap
+    return out
+
+
+def _medians(m: dict[str, Any], names: list[str]) -> dict[str, float | None]:
+    return {n: statistics.median(m["start_metrics"][n]) if m["start_metrics"].get(n) else None for n in names}
+
+
+def _overlap(a: list[float] | None, b: list[float] | None) -> bool:
+    """Two configurations' engine starts land on overlapping ranges of a metric."""
+    if not a or not b:
+        return True  # nothing to tell them apart by
+    return max(min(a), min(b)) <= min(max(a), max(b))
 
 
 def noise_floor(baseline: dict[str, Any] | None) -> float | None:

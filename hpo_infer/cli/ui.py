@@ -127,12 +127,37 @@ def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> N
         console.print(
             "  " + "; ".join(f"{k} {m['value']:,.1f} tok/s" for k, m in meas.items() if m.get("value") is not None)
         )
-    if best_list:
+    if len(study.directions) > 1:
+        print_front(study, validation)
+    elif best_list:
         best = best_list[0]
         console.print(f"[bold green]best configuration[/bold green] (trial {best.number}, {tok_s(best):,.1f} tok/s):")
         console.print(json.dumps(best.user_attrs.get("settings", best.params), sort_keys=True))
     else:
         console.print("[bold red]no feasible trial yet[/bold red]")
+
+
+def print_front(study: "optuna.Study", validation: dict[str, Any] | None) -> None:
+    """A multi-objective study's Pareto front: one row a configuration, and how to pick one."""
+    from hpo_infer.study.front import front, measured, objective_names
+
+    names = objective_names(study)
+    points = front(study)
+    if not points:
+        console.print("[bold red]no feasible trial yet[/bold red]")
+        return
+    ties = {p["trial"] for p in (validation or {}).get("front", []) if p.get("next", {}).get("within_noise")}
+    table = Table(title=f"Pareto front: {' vs '.join(names)}")
+    for col in ("trial", "settings", *names, "re-validated"):
+        table.add_column(col)
+    for t in points:
+        mark = "tie with next" if t.number in ties else ("yes" if validation and "front" in validation else "-")
+        cells = [f"{v:,.1f}" if (v := measured(t, n)) is not None else "-" for n in names]
+        table.add_row(str(t.number), _fmt_settings(t.user_attrs.get("settings", t.params)), *cells, mark)
+    console.print(table)
+    example = f"{names[1]}<={measured(points[len(points) // 2], names[1]) or 0:g}"
+    console.print(f"[bold green]{len(points)} configuration(s) on the front[/bold green]; one within a budget:")
+    console.print(escape(f"  hpo-infer export {study.study_name} --pick '{example}'"), soft_wrap=True)  # copyable
 
 
 def studies_table(summaries: list[Any]) -> None:

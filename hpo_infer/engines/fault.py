@@ -12,6 +12,7 @@ sleeping, so samplers, pruners and agents can be tested in seconds without torch
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -119,6 +120,12 @@ class FaultEngine(Engine):
         rules.min_pass_s = 0.0  # a simulated pass lasts pass_s by construction: one cycle per repeat
         result = measure(one_pass, rules, emit)
         result.start_s = start_s
-        if p["latency"] == "on":
-            result.metrics = {"p99_ttft_ms": 20.0 + 3.0 * int(p["x"]), "p99_tpot_ms": 4.0 + int(p["y"])}
+        if p["latency"] == "on":  # each repeat's, noisy as its rate is; the trial's is their median
+            for rec in result.repeats:
+                ttft = (20.0 + 3.0 * int(p["x"])) * (1.0 + rng.uniform(-p["noise"], p["noise"]))
+                rec["metrics"] = {"p99_ttft_ms": ttft, "p99_tpot_ms": 4.0 + int(p["y"])}
+            result.metrics = {
+                k: statistics.median(rec["metrics"][k] for rec in result.repeats)
+                for k in ("p99_ttft_ms", "p99_tpot_ms")
+            }
         return result

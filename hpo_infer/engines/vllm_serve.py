@@ -203,6 +203,8 @@ def _repeat_record(res: dict[str, Any], r: int) -> dict[str, Any]:
     }
     if res.get("prefix_cache"):
         rec["cache"] = res["prefix_cache"]
+    # This run's latencies: the spread of a metric across runs, as tok_s has (re-validation's ties).
+    rec["metrics"] = {k: float(res[k]) for k in VLLMServeEngine.metrics if k in res}
     return rec
 
 

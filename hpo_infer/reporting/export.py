@@ -157,6 +157,8 @@ def best_record(study: optuna.Study, chosen: optuna.trial.FrozenTrial | None = N
     transfer = transfer_summary(study)  # a transfer study: the paper's gain over the carried-over config
     if transfer is not None:
         rec["transfer"] = transfer
+    if validation and "front" in validation:  # a multi-objective study: the front re-measured
+        rec["revalidated_front"] = validation["front"]
     if validation and "best_vs_baseline" in validation:
         rec["revalidated"] = {
             k: {"value": m.get("value"), "repeats": m.get("repeats")} for k, m in validation["measured"].items()

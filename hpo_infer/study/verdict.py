@@ -38,10 +38,25 @@ def verdict(best: list[float], base: list[float]) -> dict[str, Any]:
     return {"gain_pct": gain, "p_value": p, "significant": significant}
 
 
+def describe_front(v: dict[str, Any]) -> str:
+    """A multi-objective study's re-validation: the front re-measured, ties marked."""
+    pts = v["front"]
+    if not pts:
+        return "re-validation incomplete: no front point measured again"
+    ties = [f"trials {p['trial']} and {p['next']['trial']}" for p in pts if p.get("next", {}).get("within_noise")]
+    text = f"front re-measured: {len(pts)} point(s) in {v.get('rounds', 2)} engine starts each"
+    text += f"; inside the noise of each other: {', '.join(ties)}" if ties else "; every gap larger than the noise"
+    if v.get("noise_floor_pct") is not None:
+        text += f" (noise floor: the defaults' engine starts {v['noise_floor_pct']:.1f}% apart)"
+    return text
+
+
 def describe(v: dict[str, Any] | None) -> str:
     """One sentence for the summary and the export."""
     if not v:
         return "not re-validated"
+    if "front" in v:
+        return describe_front(v)
     bb = v.get("best_vs_baseline")
     if bb is None:
         return "re-validation incomplete: " + "; ".join(
