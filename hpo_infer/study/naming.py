@@ -32,4 +32,6 @@ def study_name(spec: "StudySpec", gpu: "GPUInfo") -> str:
         parts.append("slo-" + ",".join(f"{k}={v:g}" for k, v in sorted(spec.objective.slo.items())))
     if spec.objective.metric != "throughput":  # another value per trial: another study
         parts.append(spec.objective.metric)
+    if spec.objective.multi:  # other objectives (Optuna directions): another study, never a resume
+        parts.append("vs-" + ",".join(f"{k}-{v[:3]}" for k, v in spec.objective.measured().items()))
     return ":".join(parts)
