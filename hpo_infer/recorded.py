@@ -6,6 +6,10 @@ A table (CSV; Parquet when pandas is installed) has one row per measured run: se
 (``ok`` | ``oom`` | ``error`` | ``killed``). Several rows of one configuration are repeats: their
 spread is the recorded noise. ``../shared/data/paper-landscapes.csv`` is such a table.
 
+A table may also carry latencies: any column whose name ends in ``_ms`` (``p99_ttft_ms``,
+``p99_tpot_ms``) is a metric, not a setting; a configuration's metrics are the medians over its
+usable rows (:attr:`Resolved.metrics`), as its throughput is.
+
 Cells are typed on reading (``5`` -> int, ``0.5`` -> float, ``true`` -> bool), so a spec's
 ``batch_size: 1028`` matches the cell ``1028``.
 """
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 VALUE = "throughput_tok_s"
+METRIC_SUFFIX = "_ms"  # a latency column (p99_ttft_ms ...): measured per row, never a setting
 STATUS = "status"
 OK = "ok"
 INFEASIBLE_STATUSES = ("oom", "error", "infeasible")  # the configuration itself cannot run
@@ -106,6 +111,7 @@ class Resolved:
     stdev: float | None = None  # a recorded ``<value>_std`` column, when the table has one
     rows: list[Row] = field(default_factory=list)
     reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)  # median of each ``_ms`` column over the usable rows
 
 
 def norm(v: Any) -> tuple[int, Any]:
@@ -246,10 +252,29 @@ def resolve(rows: list[Row], oom_partial: str = "infeasible", value_column: str 
         vals = [float(r.value) for r in usable]  # type: ignore[arg-type]
         stds = [r.cells.get(f"{value_column}_std") for r in usable]
         std = float(stds[0]) if len(usable) == 1 and isinstance(stds[0], (int, float)) else None
-        return Resolved(FEASIBLE, statistics.median(vals), vals, std, rows)
+        return Resolved(FEASIBLE, statistics.median(vals), vals, std, rows, metrics=metrics(usable))
     bad = [r for r in rows if r.status in INFEASIBLE_STATUSES]
     if bad:
         return Resolved(INFEASIBLE, rows=rows, reason=f"recorded status {bad[0].status} (line {lines})")
     if any(r.status in FAILED_STATUSES for r in rows):
         return Resolved(FAILED, rows=rows, reason=f"recorded run was {rows[0].status} (line {lines})")
     return Resolved(FAILED, rows=rows, reason=f"recorded status ok without a throughput > 0 (line {lines})")
+
+
+def is_metric(column: str) -> bool:
+    """A latency column (``p99_ttft_ms``): what a row measured besides its throughput."""
+    return column.endswith(METRIC_SUFFIX)
+
+
+def metrics(rows: list[Row]) -> dict[str, float]:
+    """Each latency column's median over ``rows``, where some row has a number in it."""
+    out: dict[str, float] = {}
+    for col in sorted({c for r in rows for c in r.cells if is_metric(c)}):
+        xs = [float(v) for v in (r.cells.get(col) for r in rows) if _is_number(v)]
+        if xs:
+            out[col] = statistics.median(xs)
+    return out
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v

@@ -229,3 +229,27 @@ def test_replay_of_the_papers_landscape(tmp_path: Path, shared_data: Path) -> No
         else:
             assert t.constraints == {"feasible": 1.0} and status in ("oom", "error")
     assert study.trials[0].value == pytest.approx(19.4578, abs=1e-4)  # defaults: batch 1 on 1 GPU
+
+
+def test_latency_columns_become_the_trials_metrics(tmp_path: Path) -> None:
+    """A ``*_ms`` column is a metric, not a setting: it may differ between a configuration's repeats
+    (the spec is accepted), and the trial's metrics are its medians, as the throughput is."""
+    p = tmp_path / "serve.csv"
+    p.write_text(
+        "gpu,engine,model,batch_size,throughput_tok_s,p99_ttft_ms,status\n"
+        "A,vllm-serve,m,1,10.0,100.0,ok\n"
+        "A,vllm-serve,m,1,12.0,140.0,ok\n"
+        "A,vllm-serve,m,2,20.0,300.0,ok\n"
+    )
+    fixed = {"table": "serve.csv", "gpu": "A", "engine": "vllm-serve", "model": "m"}
+    space = {"batch_size": {"type": "categorical", "choices": [1, 2]}}
+    spec = write_spec(tmp_path, replay_spec("serve.csv", fixed=fixed, search_space=space))
+    db = tmp_path / "s.db"
+    res = run_cli("tune", str(spec), "--storage", f"sqlite:///{db}", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = {
+        t.params["batch_size"]: (t.value, t.user_attrs.get("metrics"))
+        for t in _study(db).trials
+        if "batch_size" in t.params
+    }
+    assert got == {1: (11.0, {"p99_ttft_ms": 120.0}), 2: (20.0, {"p99_ttft_ms": 300.0})}

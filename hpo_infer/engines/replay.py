@@ -19,6 +19,10 @@ A fixed column filters rows (``gpu`` also names the study's GPU); a searched col
 ``noise_source`` are options of the engine, not columns (``hpo-infer settings replay``). The table
 is checked when the spec is loaded (:meth:`ReplayEngine.prepare_spec`), so a wrong path or filter is
 a one-line error, not a study full of failed trials.
+
+Latency columns (any name ending in ``_ms``: ``p99_ttft_ms``, ``p99_tpot_ms``) are measurements, not
+settings: a trial's result carries their medians over the configuration's rows as its ``metrics``,
+as a serving engine's does, so a recorded serving landscape replays throughput and latency together.
 """
 
 from __future__ import annotations
@@ -263,6 +267,7 @@ class ReplayEngine(Engine):
             spread=spread(rates),
             repeats=[{k: v for k, v in r.items() if k != "windows"} for r in records],
             warmup_s=0.0,
+            metrics=res.metrics,  # the table's latency columns (p99_ttft_ms ...): medians of the rows
         )
 
     def classify(self, exc: BaseException) -> str:
@@ -324,7 +329,7 @@ def _varying_column(
     """A column that is neither filtered nor searched must not vary within one configuration."""
     skip = {*filters, *searched, recorded.STATUS, f"{table.value_column}_std"}
     for col in table.columns:
-        if col in skip or col == table.value_column or table.is_row_id(col):
+        if col in skip or col == table.value_column or table.is_row_id(col) or recorded.is_metric(col):
             continue
         groups: dict[tuple[Any, ...], set[Any]] = {}
         for r in rows:
