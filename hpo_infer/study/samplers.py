@@ -59,7 +59,6 @@ def sampler_name(spec: "StudySpec") -> str:
         return name
     import importlib.util
 
-
     if any(p.when for p in spec.space().values()) or importlib.util.find_spec("torch") is None:
         return "tpe"
     return "gp"
