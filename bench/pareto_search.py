@@ -48,6 +48,7 @@ import optuna
 from optuna._hypervolume import compute_hypervolume
 
 from hpo_infer.engines.replay import ReplayEngine
+from hpo_infer.study.samplers import InSpaceOnly
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "pareto"
@@ -140,7 +141,14 @@ def truth(land: Landscape) -> Truth:
     )
 
 
-def sampler(arm: str, seed: int | None, land: Landscape) -> optuna.samplers.BaseSampler:
+def sampler(arm: str, seed: int | None, land: Landscape, raw: bool = False) -> optuna.samplers.BaseSampler:
+    """The arm's Optuna sampler, shown the trials that are points of the space as the product's
+    ``make_sampler`` shows them (``InSpaceOnly``); ``raw``: Optuna's sampler as it is."""
+    inner = _sampler(arm, seed, land)
+    return inner if raw else InSpaceOnly(inner, set(land.space))
+
+
+def _sampler(arm: str, seed: int | None, land: Landscape) -> optuna.samplers.BaseSampler:
     if arm in ("tpe", "so+constraint"):
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
     if arm == "gp":
@@ -160,10 +168,10 @@ class Run:
         return next((i for i, h in enumerate(self.hv, 1) if h >= TARGET - 1e-12), math.inf)
 
 
-def run(land: Landscape, tr: Truth, arm: str, seed: int | None, n: int, defaults: bool) -> Run:
+def run(land: Landscape, tr: Truth, arm: str, seed: int | None, n: int, defaults: bool, raw: bool = False) -> Run:
     multi = arm not in ("so+constraint",)
     study = optuna.create_study(
-        directions=["maximize", "minimize"] if multi else ["maximize"], sampler=sampler(arm, seed, land)
+        directions=["maximize", "minimize"] if multi else ["maximize"], sampler=sampler(arm, seed, land, raw)
     )
     if defaults:  # agent.seeding.enqueue_baseline: the defaults' values the space contains
         study.enqueue_trial(
@@ -217,7 +225,9 @@ def fmt_n(x: float, cap: int) -> str:
     return f">{cap}" if x > cap else f"{x:g}"
 
 
-def report(console: Any, land: Landscape, tr: Truth, arms: list[str], seeds: int, n: int, defaults: bool) -> None:
+def report(
+    console: Any, land: Landscape, tr: Truth, arms: list[str], seeds: int, n: int, defaults: bool, raw: bool = False
+) -> None:
     from rich.table import Table
 
     names = list(land.defaults)
@@ -233,7 +243,8 @@ def report(console: Any, land: Landscape, tr: Truth, arms: list[str], seeds: int
         f"so+constraint's budget: p99 TTFT <= {tr.budget:,.1f} ms (median); {base}"
     )
     cps = checkpoints(n)
-    rt = Table(title=f"{land.name}: share of the true front's hypervolume ({seeds} seeds, N = {n}, {base})")
+    view = "Optuna's samplers as they are" if raw else "samplers as make_sampler wraps them (InSpaceOnly)"
+    rt = Table(title=f"{land.name}: share of the true front's hypervolume ({seeds} seeds, N = {n}, {base}; {view})")
     for c in (
         "arm",
         "runs",
@@ -249,7 +260,7 @@ def report(console: Any, land: Landscape, tr: Truth, arms: list[str], seeds: int
     for arm in ["grid", *arms]:
         t0 = time.perf_counter()
         rs = [
-            run(land, tr, arm, None if arm == "grid" else seed, n, defaults)
+            run(land, tr, arm, None if arm == "grid" else seed, n, defaults, raw)
             for seed in range(1 if arm == "grid" else seeds)
         ]
         L = n if arm != "grid" else len(rs[0].hv)
@@ -283,6 +294,9 @@ def main() -> int:
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--population", type=int, default=None, help="NSGA-II population (default: 4 on H100, 6 synthetic)")
     ap.add_argument("--no-defaults", action="store_true", help="no defaults' trial first")
+    ap.add_argument(
+        "--raw-samplers", action="store_true", help="Optuna's samplers as they are, not InSpaceOnly (make_sampler's)"
+    )
     ap.add_argument("--synthetic-table", default=None, help="another synthetic table (pareto_landscape.py --out)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for GP (1: one core's time per trial)")
     a = ap.parse_args()
@@ -308,7 +322,7 @@ def main() -> int:
             return 2
         n = a.trials_h100 if key == "h100" else a.trials_synthetic
         tr = truth(land)
-        report(console, land, tr, a.arms.split(","), a.seeds, n, not a.no_defaults)
+        report(console, land, tr, a.arms.split(","), a.seeds, n, not a.no_defaults, a.raw_samplers)
     console.print(
         "HV%: median share of the true front's hypervolume after n trials (p10: the worst 10% of runs); "
         "'to 95%': trials until 95% (median and 90th percentile over seeds; '>N' = not reached in N); "

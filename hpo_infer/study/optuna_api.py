@@ -100,11 +100,36 @@ def ask_fresh(study: optuna.Study) -> optuna.Trial:
             del study._pop_waiting_trial_id
 
 
+class StudyView:
+    """A study as a sampler is shown it: every trial but the hidden ones (``hide``). Samplers read
+    trials through ``Study._get_trials`` (GP, TPE, NSGA-II, the intersection search space) or
+    ``get_trials``; everything else is the study's own."""
+
+    def __init__(self, study: optuna.Study, hide: Callable[[FrozenTrial], bool]) -> None:
+        self._viewed = study
+        self._hide = hide
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._viewed, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
+        trials = self._viewed._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+        return [t for t in trials if not self._hide(t)]
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        return [t for t in self._viewed.get_trials(deepcopy=deepcopy, states=states) if not self._hide(t)]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
 def forget_fits(sampler: optuna.samplers.BaseSampler) -> None:
     """Drop GPSampler's cached kernel fits. Optuna 5.0 clears its constraint fits on a change of
     search space only when the objective's fit already matched (it compares the wrong cache), so
     a fit of the other space's dimension is reused (an IndexError): a nested pack's pinned asks
     change the space and back. The next fit starts cold, which costs little."""
+    sampler = getattr(sampler, "inner", sampler)  # samplers.InSpaceOnly wraps the study's sampler
     for attr in ("_gprs_cache_list", "_constraints_gprs_cache_list"):
         if hasattr(sampler, attr):
             setattr(sampler, attr, None)
