@@ -253,3 +253,32 @@ def test_latency_columns_become_the_trials_metrics(tmp_path: Path) -> None:
         if "batch_size" in t.params
     }
     assert got == {1: (11.0, {"p99_ttft_ms": 120.0}), 2: (20.0, {"p99_ttft_ms": 300.0})}
+
+
+def test_a_multi_objective_replay_study_trades_the_recorded_latency(tmp_path: Path) -> None:
+    """``objective.metrics`` may name a table's latency column: the study has two directions and
+    each trial's second value is the recorded median; a column the table lacks is one line."""
+    p = tmp_path / "serve.csv"
+    p.write_text(
+        "gpu,engine,model,batch_size,throughput_tok_s,p99_ttft_ms,status\n"
+        "A,vllm-serve,m,1,10.0,100.0,ok\n"
+        "A,vllm-serve,m,2,20.0,300.0,ok\n"
+        "A,vllm-serve,m,4,15.0,400.0,ok\n"
+    )
+    fixed = {"table": "serve.csv", "gpu": "A", "engine": "vllm-serve", "model": "m"}
+    space = {"batch_size": {"type": "categorical", "choices": [1, 2, 4]}}
+    raw = replay_spec("serve.csv", fixed=fixed, search_space=space)
+    raw["objective"] = {"metrics": {"throughput": "maximize", "p99_ttft_ms": "minimize"}}
+    db = tmp_path / "s.db"
+    res = run_cli("tune", str(write_spec(tmp_path, raw)), "--storage", f"sqlite:///{db}", cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = _study(db)
+    assert len(study.directions) == 2
+    got = {t.params["batch_size"]: t.values for t in study.trials if "batch_size" in t.params}
+    assert got == {1: [10.0, 100.0], 2: [20.0, 300.0], 4: [15.0, 400.0]}
+    assert {t.params.get("batch_size") for t in study.best_trials} >= {1, 2}  # 4 is dominated by 2
+
+    raw["objective"] = {"metrics": {"throughput": "maximize", "p99_tpot_ms": "minimize"}}
+    res = run_cli("tune", str(write_spec(tmp_path, raw, "b.yaml")), "--storage", f"sqlite:///{tmp_path}/b.db")
+    assert res.returncode == 2 and "objective.metrics.p99_tpot_ms: is not a column of serve.csv" in res.stderr
+    assert "p99_ttft_ms" in res.stderr and not (tmp_path / "b.db").exists()

@@ -110,6 +110,11 @@ class Engine(abc.ABC):
     preload: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
+    def measures(cls, name: str) -> bool:
+        """Whether a result's ``metrics`` may carry ``name`` (what objective.slo and .metrics name)."""
+        return name in cls.metrics
+
+    @classmethod
     def setting(cls, name: str) -> Setting | None:
         return next((s for s in cls.settings if s.name == name), None)
 

@@ -127,6 +127,11 @@ class ReplayEngine(Engine):
     )
 
     @classmethod
+    def measures(cls, name: str) -> bool:
+        """A table's latency columns (``*_ms``) are its metrics: prepare_spec checks the table has them."""
+        return name.endswith("_ms")
+
+    @classmethod
     def setting(cls, name: str) -> Setting | None:
         """Every name is a setting: the declared ones, or a column of the table (checked at spec load)."""
         return super().setting(name) or _Column(name, "categorical", AUTO, help="table column")
@@ -156,6 +161,16 @@ class ReplayEngine(Engine):
             return "fixed.table", str(exc)
         fixed["table"] = str(path.resolve())
         filters = {k: v for k, v in fixed.items() if k not in OPTIONS}
+        for key, name in [
+            *(("slo", n) for n in spec.objective.slo),
+            *(("metrics", n) for n in spec.objective.measured()),
+        ]:
+            if name not in table.columns:
+                latency = [c for c in table.columns if c.endswith("_ms")]
+                return (
+                    f"objective.{key}.{name}",
+                    f"is not a column of {table.name} (its latency columns: {', '.join(latency) or 'none'})",
+                )
         for key, names in (("fixed", filters), ("search_space", space)):
             for name in names:
                 if name not in table.columns:

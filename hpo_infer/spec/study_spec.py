@@ -405,7 +405,7 @@ def _check_metric(spec: StudySpec, key: str, name: str) -> None:
     from hpo_infer.engines import engine_class, engine_names
 
     eng = engine_class(spec.engine)
-    if name in eng.metrics:
+    if eng.measures(name):
         return
     has = [n for n in engine_names() if engine_class(n).metrics and not engine_class(n).for_tests]
     why = (
