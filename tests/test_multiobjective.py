@@ -126,6 +126,26 @@ def test_export_the_front_or_the_pick_within_a_budget(tmp_path: Path) -> None:
         assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_slo_targets_stay_constraints_on_top(tmp_path: Path) -> None:
+    # p99 TPOT = 4 + y ms: a target of 5.5 allows y = 1 only; the front is of feasible trials.
+    spec = _spec(tmp_path, budget={"trials": 10})
+    spec["objective"]["slo"] = {"p99_tpot_ms": 5.5}
+    path = write_spec(tmp_path, spec)
+    r = run_cli("tune", str(path), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    study = _study(tmp_path)
+    assert study.study_name.endswith(":slo-p99_tpot_ms=5.5:vs-p99_ttft_ms-min")
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    missed = [t for t in done if t.params.get("y", 1) > 1]
+    assert missed, "the search never tried y > 1"
+    for t in missed:
+        assert t.constraints["slo_p99_tpot_ms"] > 0 and t.user_attrs["failure"].startswith("SLO missed: p99_tpot_ms")
+    on_front = {t.number for t in front(study)}
+    assert on_front == {t.number for t in study.best_trials} and not on_front & {t.number for t in missed}
+    r = run_cli("export", str(path), "--pick", "p99_ttft_ms<=1000", "--format", "json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout)["settings"].get("y", 1) == 1, r.stderr
+
+
 @pytest.mark.parametrize(
     "objective, sampler, pruner, key, why",
     [
