@@ -168,7 +168,8 @@ def studies_table(summaries: list[Any]) -> None:
         table.add_column(col)
     for s in summaries:
         best = tok_s(s.best_trial) if s.best_trial is not None else None
-        table.add_row(s.study_name, str(s.n_trials), f"{best:,.1f}" if best is not None else "-")
+        shown = f"{best:,.1f}" if best is not None else "front" if len(s.directions) > 1 else "-"
+        table.add_row(s.study_name, str(s.n_trials), shown)
     console.print(table)
 
 
