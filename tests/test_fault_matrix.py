@@ -242,3 +242,31 @@ def _case(tmp_path: Path, url: str, phase: str, target: str, sig: int) -> None:
         assert states[TrialState.COMPLETE] == raw["budget"]["trials"], "the dead trial spent the budget"
     if phase == "re-validation":
         assert "best_vs_baseline" in study.user_attrs.get("validation", {}), study.user_attrs.get("validation")
+
+
+def test_a_trial_whose_agent_died_before_its_first_heartbeat_is_failed_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ask`` stores a trial RUNNING before the heartbeat thread starts; an agent killed in
+    between (CI caught one in the matrix's between-trials-job-SIGKILL case) left a trial Optuna
+    never calls stale, RUNNING for good. Past the grace period (and a margin, here 0) it is
+    failed and queued again as a stale one is; one that beats, or is young, is left alone."""
+    from hpo_infer.db.storage import open_storage
+    from hpo_infer.study import optuna_api
+
+    monkeypatch.setenv("HPO_INFER_HEARTBEAT_S", "1")
+    monkeypatch.setenv("HPO_INFER_GRACE_S", "2")
+    monkeypatch.setattr(optuna_api, "UNBEATEN_MARGIN_S", 0)
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    dead = study.ask({"x": optuna.distributions.IntDistribution(1, 4)})  # its agent died here
+    alive = study.ask({"x": optuna.distributions.IntDistribution(1, 4)})
+    time.sleep(2.5)
+    young = study.ask({"x": optuna.distributions.IntDistribution(1, 4)})
+    storage.record_heartbeat(alive._trial_id)
+    optuna_api.fail_stale_trials(study)
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states[dead.number] == TrialState.FAIL
+    assert states[alive.number] == states[young.number] == TrialState.RUNNING
+    (retry,) = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING]
+    assert retry.params == {"x": dead.params["x"]}

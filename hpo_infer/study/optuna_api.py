@@ -152,11 +152,61 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> ContextManager[Any]:
     return get_heartbeat_thread(trial._trial_id, study._storage)
 
 
+UNBEATEN_MARGIN_S = 10  # past the grace period: clock skew between the agent that asked and this one
+
+
+def _unbeaten(study: optuna.Study, st: Any) -> list[int]:
+    """Storage ids of RUNNING trials started over grace + margin ago with no heartbeat row."""
+    import datetime
+
+    from optuna.storages._rdb import models
+
+    grace = st.grace_period if st.grace_period is not None else 2 * st.heartbeat_interval
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace + UNBEATEN_MARGIN_S)
+    old = [
+        t._trial_id
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None and t.datetime_start < cutoff
+    ]
+    if not old:
+        return []
+    session = st.scoped_session()
+    try:
+        beaten = {
+            row[0]
+            for row in session.query(models.TrialHeartbeatModel.trial_id).filter(
+                models.TrialHeartbeatModel.trial_id.in_(old)
+            )
+        }
+    finally:
+        session.close()
+    return [tid for tid in old if tid not in beaten]
+
+
 def fail_stale_trials(study: optuna.Study) -> None:
-    """A dead agent's trials: failed, and queued again by the storage's stale-trial callback."""
+    """A dead agent's trials: failed, and queued again by the storage's stale-trial callback.
+
+    Optuna skips a RUNNING trial that has no heartbeat at all. But ``ask`` stores the trial
+    RUNNING (and samples its parameters) before the heartbeat thread starts, so an agent killed
+    in between (scancel between two trials; a CI run of the fault matrix) left a trial that no
+    agent ever failed or retried. One with no heartbeat well past the grace period (a live agent
+    beats within milliseconds of asking) is failed here the same way.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    st = backend(study)
+    if getattr(st, "heartbeat_interval", None) is None or not hasattr(st, "scoped_session"):
+        return
+    callback = st.get_heartbeat_stale_trial_callback()
+    for tid in _unbeaten(study, st):
+        try:
+            if not st.set_trial_state_values(tid, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another agent failed it first
+        if callback is not None:
+            callback(study, st.get_trial(tid))
 
 
 def alembic_dir() -> str:
