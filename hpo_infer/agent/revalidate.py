@@ -85,15 +85,15 @@ def front_candidates(study: optuna.Study, engine: str) -> list[tuple[str, optuna
     base = baseline_trial(study)
     out = [("baseline", base)] if base is not None else []
     seen = [effective_settings(base, engine)] if base is not None else []
+    points: list[optuna.trial.FrozenTrial] = []
     for t in front(study):
         s = effective_settings(t, engine)
-        if any(same_config(s, x) for x in seen):
-            continue
-        out.append((f"front_{sum(1 for r, _ in out if r != 'baseline') + 1}", t))
-        seen.append(s)
-        if len(out) - (base is not None) >= MAX_FRONT:
+        if not any(same_config(s, x) for x in seen):
+            points.append(t)
+            seen.append(s)
+        if len(points) == MAX_FRONT:
             break
-    return out
+    return out + [(f"front_{i}", t) for i, t in enumerate(points, start=1)]
 
 
 def revalidate(

@@ -124,8 +124,5 @@ class FaultEngine(Engine):
             for rec in result.repeats:
                 ttft = (20.0 + 3.0 * int(p["x"])) * (1.0 + rng.uniform(-p["noise"], p["noise"]))
                 rec["metrics"] = {"p99_ttft_ms": ttft, "p99_tpot_ms": 4.0 + int(p["y"])}
-            result.metrics = {
-                k: statistics.median(rec["metrics"][k] for rec in result.repeats)
-                for k in ("p99_ttft_ms", "p99_tpot_ms")
-            }
+            result.metrics = {k: statistics.median(rec["metrics"][k] for rec in result.repeats) for k in self.metrics}
         return result

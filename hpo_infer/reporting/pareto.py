@@ -54,19 +54,11 @@ def front(study: optuna.Study, names: list[str] | None = None) -> list[optuna.tr
     if len(study.directions) > 1:  # the search's own front: its objectives, feasible trials
         return study_front.front(study)
     names = names or axes(study)
-    pts = points(study, names)
 
-    def key(t: optuna.trial.FrozenTrial) -> tuple[float, ...]:  # every component: higher is better
-        m = t.user_attrs["metrics"]
-        return (float(tok_s(t)), *(-float(m[n]) for n in names))  # type: ignore[arg-type]
+    def measured(t: optuna.trial.FrozenTrial) -> list[float]:
+        return [tok_s(t), *(t.user_attrs["metrics"][n] for n in names)]  # type: ignore[list-item]
 
-    keys = {t.number: key(t) for t in pts}
-
-    def dominated(t: optuna.trial.FrozenTrial) -> bool:
-        k = keys[t.number]
-        return any(all(a >= b for a, b in zip(keys[o.number], k)) and keys[o.number] != k for o in pts)
-
-    return sorted((t for t in pts if not dominated(t)), key=lambda t: -float(tok_s(t)))  # type: ignore[arg-type]
+    return study_front.front_of(points(study, names), ["maximize", *["minimize"] * len(names)], measured)
 
 
 def record(t: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Callable, Sequence
 
 import optuna
 from optuna.study import StudyDirection
@@ -28,10 +28,15 @@ def objective_names(study: optuna.Study) -> list[str]:
     return list(spec_objective.get("metrics") or {}) or [spec_objective.get("metric", "throughput")]
 
 
-def front_of(trials: list[optuna.trial.FrozenTrial], dirs: list[str]) -> list[optuna.trial.FrozenTrial]:
-    """The trials no other beats on every objective (ties kept), most tokens/s first."""
+def front_of(
+    trials: list[optuna.trial.FrozenTrial],
+    dirs: list[str],
+    values: Callable[[optuna.trial.FrozenTrial], Sequence[float] | None] = lambda t: t.values,
+) -> list[optuna.trial.FrozenTrial]:
+    """The trials no other beats on every objective (ties kept), most tokens/s first. The
+    objectives are each trial's ``values`` (by default what it was told), in ``dirs``'s directions."""
     signs = [1.0 if d == "maximize" else -1.0 for d in dirs]
-    keys = {t.number: [s * v for s, v in zip(signs, t.values)] for t in trials if t.values}
+    keys = {t.number: [s * float(v) for s, v in zip(signs, vs)] for t in trials if (vs := values(t))}
 
     def dominated(k: list[float]) -> bool:
         return any(all(a >= b for a, b in zip(o, k)) and o != k for o in keys.values())
@@ -97,7 +102,3 @@ def names_measured(points: list[optuna.trial.FrozenTrial]) -> set[str]:
     """Metric names every one of ``points`` measured (what a bound may name)."""
     sets = [set((t.user_attrs.get("metrics") or {}).keys()) for t in points]
     return set.intersection(*sets) if sets else set()
-
-
-def summary(t: optuna.trial.FrozenTrial, names: list[str]) -> dict[str, Any]:
-    return {n: measured(t, n) for n in names}

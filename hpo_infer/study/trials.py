@@ -53,7 +53,7 @@ def tok_s(t: optuna.trial.FrozenTrial) -> float | None:
     return t.values[0] if t.values else None
 
 
-def told(t: optuna.trial.FrozenTrial) -> float | list[float]:
+def told(t: optuna.trial.FrozenTrial) -> Values:
     """What the trial was told, as an objective returns it: one value, or one per objective."""
     return t.values[0] if len(t.values) == 1 else list(t.values)
 
