@@ -98,9 +98,12 @@ def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
     created, resumed, and exported as the point a latency budget picks, served as printed."""
     raw = _raw()
     # 16 requests at once. The baseline (vLLM's max_num_seqs, 256 or so) takes them in one batch;
-    # max_num_seqs=1 serves them one by one, so the last waits ~15 whole requests for its first
-    # token: a p99 TTFT of 2.3 s here, ~4x the 600 ms target; the baseline's was 131 ms.
-    raw["workload"].update(prompts=16, input_tokens=32, output_tokens=32)
+    # max_num_seqs=1 serves them one by one, so the last waits 15 whole requests for its first
+    # token, and a request's length is its output tokens times the decode step (1.0-1.8 ms here).
+    # With 32 output tokens that was 0.66 s on a quiet machine, too near the 600 ms target (a CI
+    # run measured under it); with 128 it is 15 x 128 x >= 1 ms, >= 1.9 s (2.2 s measured), 3x the target, while
+    # the baseline's first tokens come after one batched prefill (44-53 ms here) whatever the length.
+    raw["workload"].update(prompts=16, input_tokens=32, output_tokens=128)
     raw["fixed"].pop("request_rate")
     raw["objective"]["slo"] = {"p99_ttft_ms": 600, "p99_tpot_ms": 1000}
     raw["objective"]["metrics"] = {"throughput": "maximize", "p99_ttft_ms": "minimize"}
