@@ -74,6 +74,37 @@ def test_a_configuration_is_never_revalidated_against_itself(tmp_path: Path) -> 
     assert baseline_is_best  # trial 1 is the defaults again, and it ranked first
 
 
+def _serving_study(baseline_resolved: dict[str, int]) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.IntDistribution(1, 1024)
+    rows = [({}, 900.0, {ROLE: BASELINE, "resolved": baseline_resolved}), ({"max_num_seqs": 16}, 990.0, {}),
+            ({"max_num_seqs": 1}, 100.0, {})]  # fmt: skip
+    for params, value, attrs in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dist for k in params},
+                value=value,
+                user_attrs={"settings": dict(params), **attrs},
+                constraints={CONSTRAINT: 0.0},
+            )
+        )
+    return study
+
+
+def test_a_setting_left_to_the_engine_is_the_defaults_only_where_the_engine_said_so() -> None:
+    """vllm-serve leaves max_num_seqs to vLLM. Before it read the server's config back, a tuned
+    max_num_seqs=16 was taken for the defaults (the baseline said nothing about it), dropped from
+    the finalists, and the verdict called the defaults best."""
+    cands, baseline_is_best = candidates(_serving_study({}), "vllm-serve")
+    assert [(role, t.number) for role, t in cands] == [("baseline", 0), ("best", 1), ("runner_up", 2)]
+    assert not baseline_is_best
+    # Told that vLLM chose 16, the trial that set 16 by hand is the defaults again.
+    cands, baseline_is_best = candidates(_serving_study({"max_num_seqs": 16}), "vllm-serve")
+    assert [(role, t.number) for role, t in cands] == [("baseline", 0), ("best", 2)]
+    assert baseline_is_best
+
+
 def test_revalidation_interleaves_engine_starts_and_reports_the_noise_floor(tmp_path: Path) -> None:
     study, spec = _study_with_the_defaults_set_by_hand(tmp_path)
     v = revalidate(study, spec)

@@ -69,11 +69,12 @@ def test_a_multi_objective_study_searches_the_front_and_resumes(tmp_path: Path) 
 
 def test_revalidation_re_measures_the_front_and_marks_ties(tmp_path: Path) -> None:
     # Grid points on the rising side of the trade-off: x=23 and x=24 are 0.4% apart in tokens/s
-    # and 3% in TTFT, inside a 20% noise on both; x=4 is far from either.
+    # and 3% in TTFT, inside a 20% noise on both; x=10 is far from either, and from the baseline
+    # (x=1: 42% fewer tokens/s, half the TTFT), which is on the front and compared as a point of it.
     spec = _spec(
         tmp_path,
         fixed={"noise": 0.2, "y": 2},
-        search_space={"x": {"type": "categorical", "choices": [4, 23, 24]}},
+        search_space={"x": {"type": "categorical", "choices": [10, 23, 24]}},
         sampler={"name": "grid"},
         repeats=4,
         measurement={"min_pass_s": 0.01, "max_repeats": 4},
@@ -85,13 +86,47 @@ def test_revalidation_re_measures_the_front_and_marks_ties(tmp_path: Path) -> No
     study = _study(tmp_path)
     v = study.user_attrs["validation"]
     got = {(p["trial"], p["next"]["trial"]): p["next"]["within_noise"] for p in v["front"] if "next" in p}
-    x = {t.number: t.params["x"] for t in study.trials if "x" in t.params}
+    x = {t.number: t.params.get("x", 1) for t in study.trials}
     by_x = {(x[a], x[b]): tie for (a, b), tie in got.items()}
-    assert by_x == {(24, 23): True, (23, 4): False}, v["front"]
+    assert by_x == {(24, 23): True, (23, 10): False, (10, 1): False}, v["front"]
     assert v["measured"]["baseline"]["status"] == "complete"
     assert len(v["measured"]["front_1"]["start_values"]) == 2  # each point in two fresh engine starts
     assert "inside the noise of each other" in v["summary"]
-    assert "tie with next" in r.stdout
+    tie = next(p for p in v["front"] if p.get("next", {}).get("within_noise"))
+    assert f"tie with trial {tie['next']['trial']}" in r.stdout
+
+
+def test_when_the_defaults_are_the_whole_front_the_next_configuration_is_compared_with_them(tmp_path: Path) -> None:
+    # TPOT is 4 + y ms and y=1 (the default) beats y=4 on tokens/s 2.5x too: the baseline
+    # dominates, so the front has nothing else to re-measure. As a single-objective study does
+    # when the defaults measured best, the next configuration is re-measured beside them.
+    spec = _spec(
+        tmp_path,
+        fixed={"noise": 0.02, "x": 24},
+        objective={"metrics": {"throughput": "maximize", "p99_tpot_ms": "minimize"}},
+        search_space={"y": {"type": "int", "low": 4, "high": 4}},
+        sampler={"name": "random", "seed": 0},
+        budget={"trials": 2},
+        measurement={"min_pass_s": 0.01, "max_repeats": 4},
+        validate_finalists=True,
+        validation_rounds=2,
+    )
+    r = run_cli("tune", str(write_spec(tmp_path, spec)), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    study = _study(tmp_path)
+    base, other = study.trials
+    assert [t.number for t in front(study)] == [base.number]
+    v = study.user_attrs["validation"]
+    assert v["baseline_is_best"] is True and set(v["measured"]) == {"baseline", "runner_up"}
+    assert v["measured"]["runner_up"]["trial"] == other.number
+    assert len(v["measured"]["runner_up"]["start_values"]) == 2
+    (mark, last) = v["front"]
+    assert mark["trial"] == base.number and mark["next"]["trial"] == other.number
+    assert mark["next"]["within_noise"] is False and mark["next"]["gain_pct"] > 100 and "next" not in last
+    assert v["summary"].startswith(
+        f"the engine defaults are the whole front; the next configuration (trial {other.number})"
+    )
+    assert "every gap larger than the noise" in v["summary"]
 
 
 def test_export_the_front_or_the_pick_within_a_budget(tmp_path: Path) -> None:

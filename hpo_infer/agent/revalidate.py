@@ -10,9 +10,11 @@ the test says so *and* it exceeds the noise floor. A trial is never compared wit
 the baseline measured best, the runner-up is compared with it and the summary says so.
 
 A multi-objective study re-measures its front instead (up to ``MAX_FRONT`` points, most tokens/s
-first, beside the baseline), and marks each point whose gap to its neighbour on the front is
-inside the noise on every objective: tokens/s by the same test, each metric by its engine
-starts' ranges overlapping. Such neighbours are one choice as far as the measurements can tell.
+first, beside the baseline), and marks each point whose gap to its neighbour on the front (the
+baseline too, when it is on the front) is inside the noise on every objective: tokens/s by the
+same test, each metric by its engine starts' ranges overlapping. Such neighbours are one choice as
+far as the measurements can tell. When the baseline is the whole front, the next configuration is
+re-measured beside it, as in a single-objective study.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from hpo_infer.engines import engine_class
-from hpo_infer.study.front import front
+from hpo_infer.study.front import directions, front, front_of
 from hpo_infer.study.trials import BASELINE, ROLE, baseline_trial, ranked, settings_of
 from hpo_infer.study.trials import VALIDATION as KEY
 from hpo_infer.study.verdict import describe, verdict
@@ -47,8 +49,11 @@ def effective_settings(t: optuna.trial.FrozenTrial, engine: str) -> dict[str, An
 
 
 def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Equal wherever both say what the value is."""
-    return all(a[k] == b[k] for k in set(a) & set(b))
+    """The same value for every setting either names. A setting one leaves to the engine and the
+    engine never reported counts as different: re-measuring a twin costs an engine start, while
+    taking a tuned point for the defaults drops it from the finalists."""
+    missing = object()
+    return all(a.get(k, missing) == b.get(k, missing) for k in set(a) | set(b))
 
 
 def candidates(study: optuna.Study, engine: str) -> tuple[list[tuple[str, optuna.trial.FrozenTrial]], bool]:
@@ -80,20 +85,37 @@ def candidates(study: optuna.Study, engine: str) -> tuple[list[tuple[str, optuna
 MAX_FRONT = 4  # front points re-measured: each costs validation_rounds engine starts
 
 
-def front_candidates(study: optuna.Study, engine: str) -> list[tuple[str, optuna.trial.FrozenTrial]]:
-    """Baseline, then the front's points (distinct configurations, most tokens/s first)."""
+def front_candidates(study: optuna.Study, engine: str) -> tuple[list[tuple[str, optuna.trial.FrozenTrial]], list[str]]:
+    """Baseline, then the front's other points (distinct configurations, most tokens/s first);
+    and the roles whose neighbours are compared: the front's points, the baseline among them when
+    it measured on the front. When the baseline is the whole front, the best other configuration
+    (most tokens/s on the front of the rest) is re-measured as ``runner_up`` and compared with it,
+    as a single-objective study does when the defaults measured best: is their lead real?"""
     base = baseline_trial(study)
     out = [("baseline", base)] if base is not None else []
     seen = [effective_settings(base, engine)] if base is not None else []
+    on_front = front(study)
+    base_on_front = base is not None and any(same_config(effective_settings(t, engine), seen[0]) for t in on_front)
     points: list[optuna.trial.FrozenTrial] = []
-    for t in front(study):
+    for t in on_front:
         s = effective_settings(t, engine)
         if not any(same_config(s, x) for x in seen):
             points.append(t)
             seen.append(s)
         if len(points) == MAX_FRONT:
             break
-    return out + [(f"front_{i}", t) for i, t in enumerate(points, start=1)]
+    lead = ["baseline"] if base_on_front else []
+    if points or not base_on_front:
+        return out + [(f"front_{i}", t) for i, t in enumerate(points, start=1)], lead + [
+            f"front_{i}" for i in range(1, len(points) + 1)
+        ]
+    rest = [
+        t
+        for t in ranked(study)
+        if t.user_attrs.get(ROLE) != BASELINE and not same_config(effective_settings(t, engine), seen[0])
+    ]
+    nxt = front_of(rest, directions(study))
+    return (out + [("runner_up", nxt[0])], ["baseline", "runner_up"]) if nxt else (out, [])
 
 
 def revalidate(
@@ -103,8 +125,13 @@ def revalidate(
     verdict. A signal (``stop``) ends the running start at once and stores nothing: the same
     command re-validates again."""
     multi = spec.objective.multi
-    cands, baseline_is_best = (front_candidates(study, spec.engine), False) if multi else candidates(study, spec.engine)
-    if not any(role == "best" or role.startswith("front_") for role, _ in cands):
+    compared: list[str] = []
+    if multi:
+        cands, compared = front_candidates(study, spec.engine)
+        baseline_is_best = "runner_up" in compared
+    else:
+        cands, baseline_is_best = candidates(study, spec.engine)
+    if not any(role in ("best", "runner_up") or role.startswith("front_") for role, _ in cands):
         return None
     configs = {role: t.user_attrs.get("settings", settings_of(t)) for role, t in cands}
     starts: dict[str, list[Any]] = {role: [] for role, _ in cands}
@@ -128,7 +155,7 @@ def revalidate(
     if floor is not None:
         result["noise_floor_pct"] = floor
     if multi:
-        result["front"] = front_marks(measured, list(spec.objective.measured()), floor)
+        result["front"] = front_marks(measured, compared, list(spec.objective.measured()), floor)
         result["summary"] = describe(result)
         study.set_user_attr(KEY, result)
         return result
@@ -168,11 +195,13 @@ def _metric_values(starts: list[Any], name: str) -> list[float]:
     return per_repeat or [float(r.metrics[name]) for r in starts if name in (r.metrics or {})]
 
 
-def front_marks(measured: dict[str, Any], names: list[str], floor: float | None) -> list[dict[str, Any]]:
-    """The re-measured front, most tokens/s first; each point with its neighbour below and
+def front_marks(
+    measured: dict[str, Any], roles: list[str], names: list[str], floor: float | None
+) -> list[dict[str, Any]]:
+    """The re-measured points of ``roles``, most tokens/s first; each with its neighbour below and
     whether their gap is inside the noise on every objective."""
     pts = sorted(
-        (m for role, m in measured.items() if role.startswith("front_") and m["status"] == COMPLETE),
+        (measured[r] for r in roles if r in measured and measured[r]["status"] == COMPLETE),
         key=lambda m: -m["value"],
     )
     out = [{"trial": m["trial"], "value": m["value"], "metrics": _medians(m, names)} for m in pts]

@@ -64,9 +64,7 @@ def run_validate_summarise(
     if spec.validate_finalists and not no_validate and not stop.is_set():
         from hpo_infer.agent.revalidate import revalidate
 
-        click.echo(
-            f"re-validating baseline, best and runner-up, each in {spec.validation_rounds} fresh engine starts"
-            " (interleaved) ..."
-        )
+        which = "the baseline and the Pareto front" if spec.objective.multi else "baseline, best and runner-up"
+        click.echo(f"re-validating {which}, each in {spec.validation_rounds} fresh engine starts (interleaved) ...")
         validation = revalidate(study, spec, gpus, stop) or validation
     print_summary(study, validation)

@@ -146,12 +146,14 @@ def print_front(study: "optuna.Study", validation: dict[str, Any] | None) -> Non
     if not points:
         console.print("[bold red]no feasible trial yet[/bold red]")
         return
-    ties = {p["trial"] for p in (validation or {}).get("front", []) if p.get("next", {}).get("within_noise")}
+    marks = (validation or {}).get("front", [])
+    ties = {p["trial"]: p["next"]["trial"] for p in marks if p.get("next", {}).get("within_noise")}
     table = Table(title=f"Pareto front: {' vs '.join(names)}")
     for col in ("trial", "settings", *names, "re-validated"):
         table.add_column(col)
     for t in points:
-        mark = "tie with next" if t.number in ties else ("yes" if validation and "front" in validation else "-")
+        mark = "yes" if validation and "front" in validation else "-"
+        mark = f"tie with trial {ties[t.number]}" if t.number in ties else mark
         cells = [f"{v:,.1f}" if (v := measured(t, n)) is not None else "-" for n in names]
         table.add_row(str(t.number), _fmt_settings(t.user_attrs.get("settings", t.params)), *cells, mark)
     console.print(table)

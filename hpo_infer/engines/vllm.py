@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from hpo_infer.engines.base import AUTO, Emit, Engine, Setting
 from hpo_infer.measurement.protocol import PHASE, STARTED
@@ -489,42 +489,50 @@ def _cache_delta(before: dict[str, int] | None, after: dict[str, int] | None) ->
     return {k: after[k] - before[k] for k in ("queries", "hits")}
 
 
+# Where vLLM's config holds each value it resolves at start-up: (section of VllmConfig, attribute).
+CONFIG_FIELDS: dict[str, tuple[str, str]] = {
+    "max_num_seqs": ("scheduler_config", "max_num_seqs"),
+    "max_num_batched_tokens": ("scheduler_config", "max_num_batched_tokens"),
+    "enable_chunked_prefill": ("scheduler_config", "enable_chunked_prefill"),
+    "block_size": ("cache_config", "block_size"),
+    "enable_prefix_caching": ("cache_config", "enable_prefix_caching"),
+    "gpu_memory_utilization": ("cache_config", "gpu_memory_utilization"),
+    "kv_cache_dtype": ("cache_config", "cache_dtype"),
+    "num_gpu_blocks": ("cache_config", "num_gpu_blocks"),
+    "dtype": ("model_config", "dtype"),
+    "max_model_len": ("model_config", "max_model_len"),
+    "enforce_eager": ("model_config", "enforce_eager"),
+    "tensor_parallel_size": ("parallel_config", "tensor_parallel_size"),
+}
+
+
+def config_fields(get: Callable[[str, str], Any]) -> dict[str, Any]:
+    """``CONFIG_FIELDS`` read through ``get(section, attribute)``: from the engine's config object
+    in the offline engine, from the server's config as JSON in the serving one."""
+    out = {k: get(section, attr) for k, (section, attr) in CONFIG_FIELDS.items()}
+    out["dtype"] = str(out["dtype"] or "").removeprefix("torch.")
+    return {k: v for k, v in out.items() if v not in (None, "")}
+
+
 def _resolved(llm: Any) -> dict[str, Any]:
     """What vLLM actually chose at start-up, read back from its config (names vary by version)."""
     vc = llm.llm_engine.vllm_config
-    sc, cc, mc, pc, comp = (
-        vc.scheduler_config,
-        vc.cache_config,
-        vc.model_config,
-        vc.parallel_config,
-        vc.compilation_config,
-    )
+    mc, pc, comp = vc.model_config, vc.parallel_config, vc.compilation_config
     out: dict[str, Any] = {
-        "max_num_seqs": getattr(sc, "max_num_seqs", None),
-        "max_num_batched_tokens": getattr(sc, "max_num_batched_tokens", None),
-        "enable_chunked_prefill": getattr(sc, "enable_chunked_prefill", None),
-        "block_size": getattr(cc, "block_size", None),
-        "enable_prefix_caching": getattr(cc, "enable_prefix_caching", None),
-        "gpu_memory_utilization": getattr(cc, "gpu_memory_utilization", None),
-        "kv_cache_dtype": getattr(cc, "cache_dtype", None),
-        "num_gpu_blocks": getattr(cc, "num_gpu_blocks", None),
-        "dtype": str(getattr(mc, "dtype", "")).removeprefix("torch."),
-        "max_model_len": getattr(mc, "max_model_len", None),
-        "enforce_eager": getattr(mc, "enforce_eager", None),
-        "tensor_parallel_size": getattr(pc, "tensor_parallel_size", None),
+        **config_fields(lambda section, attr: getattr(getattr(vc, section, None), attr, None)),
         "compilation_mode": _name(getattr(comp, "mode", getattr(comp, "level", None))),
         "cudagraph_mode": _name(getattr(comp, "cudagraph_mode", None)),
         "cudagraph_capture_sizes": list(getattr(comp, "cudagraph_capture_sizes", None) or []),
         "max_cudagraph_capture_size": getattr(comp, "max_cudagraph_capture_size", None),
         "device": str(getattr(getattr(vc, "device_config", None), "device_type", "")),
     }
-    blocks, block = out["num_gpu_blocks"], out["block_size"]
+    blocks, block = out.get("num_gpu_blocks"), out.get("block_size")
     if blocks and block:
         out["kv_cache_tokens"] = int(blocks) * int(block)
         try:  # bytes per token: K and V, every layer, this rank's KV heads
             import torch
 
-            dt = mc.dtype if out["kv_cache_dtype"] in (None, "auto") else _kv_dtype(out["kv_cache_dtype"])
+            dt = mc.dtype if out.get("kv_cache_dtype") in (None, "auto") else _kv_dtype(out["kv_cache_dtype"])
             per_token = 2 * mc.get_num_layers(pc) * mc.get_num_kv_heads(pc) * mc.get_head_size()
             out["kv_cache_bytes"] = int(out["kv_cache_tokens"] * per_token * torch.empty((), dtype=dt).element_size())
         except Exception:  # noqa: BLE001 - an estimate only; absent rather than wrong

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpo_infer.engines.base import AUTO, Emit, Setting
-from hpo_infer.engines.vllm import VLLMEngine, compile_cache_dir
+from hpo_infer.engines.vllm import VLLMEngine, compile_cache_dir, config_fields
 from hpo_infer.measurement.protocol import PHASE, REPEAT, STARTED
 
 if TYPE_CHECKING:
@@ -49,7 +49,8 @@ _VLLM_CLI = [sys.executable, "-m", "vllm.entrypoints.cli.main"]
 class VLLMServeEngine(VLLMEngine):
     name = "vllm-serve"
     rate_search = True  # objective.metric goodput: the worker searches the request rate
-    preload = ("transformers:AutoTokenizer",)  # a client: the server it starts imports vLLM itself
+    # A client: the server it starts imports vLLM itself; the load generator is vLLM's, in-process.
+    preload = ("transformers:AutoTokenizer", "vllm.benchmarks.serve:main", "vllm.utils.argparse_utils")
     settings = tuple(s for s in VLLMEngine.settings if s.name != "batch_size") + (
         Setting(
             "request_rate",
@@ -131,7 +132,12 @@ class VLLMServeEngine(VLLMEngine):
         try:
             _wait_ready(server, base)
             start_s = time.perf_counter() - t0
-            resolved = {"port": port, "vllm_version": self.version(), "server_args": cmd[len(_VLLM_CLI) :]}
+            resolved = {
+                **_server_config(base),
+                "port": port,
+                "vllm_version": self.version(),
+                "server_args": cmd[len(_VLLM_CLI) :],
+            }
             emit(STARTED, {"start_s": start_s, "resolved": resolved})
             goal = request.extra.get("objective") or {}
             cold = bool(request.measurement.get("cold", True))
@@ -327,6 +333,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _server_config(base: str) -> dict[str, Any]:
+    """What the server chose where we left "auto" (max_num_seqs, block size, ...), read back from
+    its config as vLLM's dev-mode ``/server_info`` gives it; {} where this vLLM cannot say. Without
+    it a trial could not be told from the engine defaults it differs from (revalidate.same_config)."""
+    try:
+        with urllib.request.urlopen(f"{base}/server_info?config_format=json", timeout=30) as resp:
+            vc = json.loads(resp.read()).get("vllm_config")
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    if not isinstance(vc, dict):  # an older vLLM: the config as text only
+        return {}
+    return config_fields(lambda section, attr: (vc.get(section) or {}).get(attr))
+
+
 def _wait_ready(server: subprocess.Popen, base: str) -> None:
     """Until ``/health`` answers 200; a server that exits first is the trial's error."""
     while True:
@@ -347,10 +367,7 @@ def _bench(
 ) -> dict[str, Any]:
     w = request.workload
     name = f"run{r}.json"
-    cmd = [
-        *_VLLM_CLI,
-        "bench",
-        "serve",
+    argv = [
         "--backend",
         "vllm",
         "--base-url",
@@ -382,19 +399,40 @@ def _bench(
         "--disable-tqdm",
     ]
     if w.get("prefix_tokens"):
-        cmd += ["--random-prefix-len", str(w["prefix_tokens"])]
+        argv += ["--random-prefix-len", str(w["prefix_tokens"])]
     if p.get("request_rate") not in (None, AUTO):
-        cmd += ["--request-rate", str(p["request_rate"])]
+        argv += ["--request-rate", str(p["request_rate"])]
     if p.get("max_concurrency") not in (None, AUTO):
-        cmd += ["--max-concurrency", str(p["max_concurrency"])]
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL)
+        argv += ["--max-concurrency", str(p["max_concurrency"])]
+    rc = _run_bench(argv)
     f = out / name
-    if proc.returncode != 0 or not f.is_file():
-        raise RuntimeError(f"vllm bench serve exited with code {proc.returncode} without a result")
+    if rc != 0 or not f.is_file():
+        raise RuntimeError(f"vllm bench serve exited with code {rc} without a result")
     res = json.loads(f.read_text())
     if not res.get("completed"):
         raise RuntimeError(f"vllm bench serve: no request completed ({res.get('failed')} failed)")
     return res
+
+
+def _run_bench(argv: list[str]) -> int | str | None:
+    """``vllm bench serve ARGV``: in this process, through vLLM's own parser and entry point,
+    where the installed vLLM has them (the fork server imported them once: a CLI process spent
+    ~9 s of a 2-core machine importing vLLM before every load run); else its CLI. Returns the
+    exit code."""
+    try:
+        from vllm.benchmarks.serve import add_cli_args, main
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:
+        return subprocess.run([*_VLLM_CLI, "bench", "serve", *argv], stdin=subprocess.DEVNULL).returncode
+    parser = FlexibleArgumentParser(prog="vllm bench serve")
+    add_cli_args(parser)
+    try:
+        main(parser.parse_args(argv))
+    except SystemExit as exc:  # the parser's own errors
+        return exc.code
+    except Exception as exc:
+        raise RuntimeError(f"vllm bench serve: {type(exc).__name__}: {exc}") from exc
+    return 0
 
 
 def _stop(server: subprocess.Popen) -> None:

@@ -44,7 +44,15 @@ def describe_front(v: dict[str, Any]) -> str:
     if not pts:
         return "re-validation incomplete: no front point measured again"
     ties = [f"trials {p['trial']} and {p['next']['trial']}" for p in pts if p.get("next", {}).get("within_noise")]
-    text = f"front re-measured: {len(pts)} point(s) in {v.get('rounds', 2)} engine starts each"
+    if v.get("baseline_is_best"):
+        nxt = v["measured"]["runner_up"]["trial"]
+        if len(pts) < 2:
+            failed = next(m for m in v["measured"].values() if m.get("status") != COMPLETE)
+            return f"re-validation incomplete: trial {failed['trial']}: {failed.get('error') or failed.get('status')}"
+        text = f"the engine defaults are the whole front; the next configuration (trial {nxt}) re-measured beside them"
+        text += f" in {v.get('rounds', 2)} engine starts each"
+    else:
+        text = f"front re-measured: {len(pts)} point(s) in {v.get('rounds', 2)} engine starts each"
     text += f"; inside the noise of each other: {', '.join(ties)}" if ties else "; every gap larger than the noise"
     if v.get("noise_floor_pct") is not None:
         text += f" (noise floor: the defaults' engine starts {v['noise_floor_pct']:.1f}% apart)"
