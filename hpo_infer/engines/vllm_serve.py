@@ -414,12 +414,17 @@ def _bench(
     return res
 
 
+CLIENT_ENV = "HPO_INFER_LOAD_CLIENT"  # "cli": every load run as its own `vllm bench serve` process
+
+
 def _run_bench(argv: list[str]) -> int | str | None:
     """``vllm bench serve ARGV``: in this process, through vLLM's own parser and entry point,
     where the installed vLLM has them (the fork server imported them once: a CLI process spent
-    ~9 s of a 2-core machine importing vLLM before every load run); else its CLI. Returns the
-    exit code."""
+    ~9 s of a 2-core machine importing vLLM before every load run); else, or on
+    ``HPO_INFER_LOAD_CLIENT=cli``, its CLI. Returns the exit code."""
     try:
+        if os.environ.get(CLIENT_ENV) == "cli":
+            raise ImportError(CLIENT_ENV)
         from vllm.benchmarks.serve import add_cli_args, main
         from vllm.utils.argparse_utils import FlexibleArgumentParser
     except ImportError:
