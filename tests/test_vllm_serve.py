@@ -143,8 +143,11 @@ def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
         assert t.values[0] > 0 and t.values[1] == m["p99_ttft_ms"]  # output tokens/s, feasible or not
         assert set(t.constraints) == {"feasible", "slo_p99_ttft_ms", "slo_p99_tpot_ms"}
         assert t.user_attrs["start_s"] > 0 and len(t.user_attrs["repeats"]) == 1
+        assert t.user_attrs["resolved"]["load_client"] == "inprocess"  # vLLM's load generator, warm
 
     assert base.user_attrs["status"] == "ok" and twin.user_attrs["status"] == "ok"
+    # What vLLM chose where the defaults left it, read back from the server: the twin differs.
+    assert base.user_attrs["resolved"]["max_num_seqs"] != 16 and twin.user_attrs["resolved"]["max_num_seqs"] == 16
     for t in (base, twin):
         assert all(v <= 0 for v in t.constraints.values()), (t.constraints, t.user_attrs["metrics"])
 
@@ -323,6 +326,15 @@ def test_real_goodput_trial_on_cpu(tmp_path: Path) -> None:
     exp = run_cli("export", summary.study_name, "--storage", url, "--format", "vllm-cli")
     assert exp.returncode == 0, exp.stderr
     assert "# goodput: " in exp.stdout and "req/s met p99_ttft_ms <= 600000 (the saturation rate)" in exp.stdout
+
+
+def test_the_load_client_runs_in_the_trial_process_unless_told_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpo_infer.engines.vllm_serve import CLIENT_ENV, load_client
+
+    monkeypatch.setenv(CLIENT_ENV, "cli")
+    assert load_client() == "cli"
+    monkeypatch.delenv(CLIENT_ENV)
+    assert load_client() == ("inprocess" if HAS_VLLM else "cli")
 
 
 def test_export_names_the_goodput_bracket() -> None:

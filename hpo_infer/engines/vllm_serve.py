@@ -137,6 +137,7 @@ class VLLMServeEngine(VLLMEngine):
                 "port": port,
                 "vllm_version": self.version(),
                 "server_args": cmd[len(_VLLM_CLI) :],
+                "load_client": load_client(),
             }
             emit(STARTED, {"start_s": start_s, "resolved": resolved})
             goal = request.extra.get("objective") or {}
@@ -148,7 +149,7 @@ class VLLMServeEngine(VLLMEngine):
                     if cold:
                         _reset_prefix_cache(base)
                     before = _cache_counters(base)
-                    res = _bench(base, served, path, request, q, Path(out), r)
+                    res = _bench(base, served, path, request, q, Path(out), r, resolved["load_client"])
                     cache = _cache_delta(before, _cache_counters(base))
                     if cache is not None:
                         res["prefix_cache"] = cache
@@ -363,7 +364,7 @@ def _wait_ready(server: subprocess.Popen, base: str) -> None:
 
 
 def _bench(
-    base: str, served: str, tokenizer: str, request: "TrialRequest", p: dict[str, Any], out: Path, r: int
+    base: str, served: str, tokenizer: str, request: "TrialRequest", p: dict[str, Any], out: Path, r: int, client: str
 ) -> dict[str, Any]:
     w = request.workload
     name = f"run{r}.json"
@@ -404,7 +405,7 @@ def _bench(
         argv += ["--request-rate", str(p["request_rate"])]
     if p.get("max_concurrency") not in (None, AUTO):
         argv += ["--max-concurrency", str(p["max_concurrency"])]
-    rc = _run_bench(argv)
+    rc = _run_bench(argv, client)
     f = out / name
     if rc != 0 or not f.is_file():
         raise RuntimeError(f"vllm bench serve exited with code {rc} without a result")
@@ -417,18 +418,29 @@ def _bench(
 CLIENT_ENV = "HPO_INFER_LOAD_CLIENT"  # "cli": every load run as its own `vllm bench serve` process
 
 
-def _run_bench(argv: list[str]) -> int | str | None:
-    """``vllm bench serve ARGV``: in this process, through vLLM's own parser and entry point,
-    where the installed vLLM has them (the fork server imported them once: a CLI process spent
-    ~9 s of a 2-core machine importing vLLM before every load run); else, or on
-    ``HPO_INFER_LOAD_CLIENT=cli``, its CLI. Returns the exit code."""
+def load_client() -> str:
+    """Where ``vllm bench serve`` runs: ``inprocess`` (the trial process, through vLLM's own parser
+    and entry point, imported once by the fork server) where the installed vLLM has them; else, or
+    on ``HPO_INFER_LOAD_CLIENT=cli``, ``cli`` (a process per load run). A fresh client process is a
+    cold client: its first load run is slow and erratic (bench/serve_client.py), and on the CLI
+    path every timed run was one; in-process, the warm-up run takes that cost."""
+    if os.environ.get(CLIENT_ENV) == "cli":
+        return "cli"
     try:
-        if os.environ.get(CLIENT_ENV) == "cli":
-            raise ImportError(CLIENT_ENV)
-        from vllm.benchmarks.serve import add_cli_args, main
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
+        import vllm.benchmarks.serve  # noqa: F401
+        import vllm.utils.argparse_utils  # noqa: F401
     except ImportError:
+        return "cli"
+    return "inprocess"
+
+
+def _run_bench(argv: list[str], client: str) -> int | str | None:
+    """``vllm bench serve ARGV`` where ``client`` says; returns its exit code."""
+    if client == "cli":
         return subprocess.run([*_VLLM_CLI, "bench", "serve", *argv], stdin=subprocess.DEVNULL).returncode
+    from vllm.benchmarks.serve import add_cli_args, main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
     parser = FlexibleArgumentParser(prog="vllm bench serve")
     add_cli_args(parser)
     try:
