@@ -129,6 +129,31 @@ def test_when_the_defaults_are_the_whole_front_the_next_configuration_is_compare
     assert "every gap larger than the noise" in v["summary"]
 
 
+def test_the_defaults_are_compared_with_the_front_even_off_it() -> None:
+    """A front point inside the noise of the defaults is the finding a user must not miss, so the
+    baseline joins the neighbours compared even when a point dominates it."""
+    from hpo_infer.agent.revalidate import front_candidates
+    from hpo_infer.study.trials import BASELINE, CONSTRAINT, ROLE
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    dist = optuna.distributions.IntDistribution(1, 64)
+    rows = [({}, [900.0, 50.0], {ROLE: BASELINE}), ({"x": 8}, [950.0, 45.0], {}), ({"x": 30}, [1200.0, 90.0], {}),
+            ({"x": 2}, [500.0, 60.0], {})]  # fmt: skip
+    for params, values, attrs in rows:
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params,
+                distributions={k: dist for k in params},
+                values=values,
+                user_attrs={"settings": dict(params), **attrs},
+                constraints={CONSTRAINT: 0.0},
+            )
+        )
+    cands, compared = front_candidates(study, "fault")
+    assert [(role, t.number) for role, t in cands] == [("baseline", 0), ("front_1", 2), ("front_2", 1)]
+    assert compared == ["baseline", "front_1", "front_2"]
+
+
 def test_export_the_front_or_the_pick_within_a_budget(tmp_path: Path) -> None:
     path = write_spec(tmp_path, _spec(tmp_path, budget={"trials": 10}))
     assert run_cli("tune", str(path), cwd=tmp_path).returncode == 0

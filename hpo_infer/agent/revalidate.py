@@ -10,8 +10,8 @@ the test says so *and* it exceeds the noise floor. A trial is never compared wit
 the baseline measured best, the runner-up is compared with it and the summary says so.
 
 A multi-objective study re-measures its front instead (up to ``MAX_FRONT`` points, most tokens/s
-first, beside the baseline), and marks each point whose gap to its neighbour on the front (the
-baseline too, when it is on the front) is inside the noise on every objective: tokens/s by the
+first, beside the baseline), and marks each point whose gap to its neighbour (the baseline
+counts as one, on the front or not) is inside the noise on every objective: tokens/s by the
 same test, each metric by its engine starts' ranges overlapping. Such neighbours are one choice as
 far as the measurements can tell. When the baseline is the whole front, the next configuration is
 re-measured beside it, as in a single-objective study.
@@ -87,10 +87,11 @@ MAX_FRONT = 4  # front points re-measured: each costs validation_rounds engine s
 
 def front_candidates(study: optuna.Study, engine: str) -> tuple[list[tuple[str, optuna.trial.FrozenTrial]], list[str]]:
     """Baseline, then the front's other points (distinct configurations, most tokens/s first);
-    and the roles whose neighbours are compared: the front's points, the baseline among them when
-    it measured on the front. When the baseline is the whole front, the best other configuration
-    (most tokens/s on the front of the rest) is re-measured as ``runner_up`` and compared with it,
-    as a single-objective study does when the defaults measured best: is their lead real?"""
+    and the roles whose neighbours are compared: the front's points and the baseline, on the front
+    or not (a point inside the noise of the defaults is the finding a user must not miss). When
+    the baseline is the whole front, the best other configuration (most tokens/s on the front of
+    the rest) is re-measured as ``runner_up`` and compared with it, as a single-objective study
+    does when the defaults measured best: is their lead real?"""
     base = baseline_trial(study)
     out = [("baseline", base)] if base is not None else []
     seen = [effective_settings(base, engine)] if base is not None else []
@@ -104,7 +105,7 @@ def front_candidates(study: optuna.Study, engine: str) -> tuple[list[tuple[str, 
             seen.append(s)
         if len(points) == MAX_FRONT:
             break
-    lead = ["baseline"] if base_on_front else []
+    lead = ["baseline"] if base is not None else []
     if points or not base_on_front:
         return out + [(f"front_{i}", t) for i, t in enumerate(points, start=1)], lead + [
             f"front_{i}" for i in range(1, len(points) + 1)

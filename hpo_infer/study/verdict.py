@@ -52,7 +52,8 @@ def describe_front(v: dict[str, Any]) -> str:
         text = f"the engine defaults are the whole front; the next configuration (trial {nxt}) re-measured beside them"
         text += f" in {v.get('rounds', 2)} engine starts each"
     else:
-        text = f"front re-measured: {len(pts)} point(s) in {v.get('rounds', 2)} engine starts each"
+        n = sum(role.startswith("front_") for role in v["measured"])
+        text = f"front re-measured beside the defaults: {n} point(s) in {v.get('rounds', 2)} engine starts each"
     text += f"; inside the noise of each other: {', '.join(ties)}" if ties else "; every gap larger than the noise"
     if v.get("noise_floor_pct") is not None:
         text += f" (noise floor: the defaults' engine starts {v['noise_floor_pct']:.1f}% apart)"
