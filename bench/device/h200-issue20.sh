@@ -5,12 +5,16 @@
 #   bash bench/device/h200-issue20.sh grid    # auto_tune.sh's 8 grid points the study did not measure
 #   bash bench/device/h200-issue20.sh hv      # both fronts and their hypervolumes
 # Needs: source /root/vllm-env.sh (../shared/device/README.md, EXTRA_WHEELS with Optuna and its
-# dependencies) and .device/configs carried (llama-3.1-8b.json). Results under $OUT.
+# dependencies) and .device/configs carried (llama-3.1-8b.json); .device/issue20.db too after a
+# release. Results under $OUT.
 set -x
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:$PYTHONPATH HPO_INFER_CACHE=/root/hpo-cache
 CFG=$PWD/.device/configs
 DB=sqlite:////root/issue20.db
 date -u; nvidia-smi -L
+# A fresh machine keeps nothing: a phase after a release starts from the study fetched last time,
+# carried as .device/issue20.db (copy it there from the previous call's files).
+[ -f /root/issue20.db ] || [ ! -f .device/issue20.db ] || cp .device/issue20.db /root/issue20.db
 sed "s#MODEL#$CFG/llama-3.1-8b.json#" bench/device/vllm-serve-llama8b-mo.yaml > /root/mo.yaml
 case "$1" in
   study)
