@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -25,6 +24,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from trial_overhead import paired_ratio  # noqa: E402
 
 from hpo_infer.engines.vllm_serve import CLIENT_ENV  # noqa: E402
 from hpo_infer.spec.study_spec import load  # noqa: E402
@@ -65,21 +67,6 @@ def measure(spec_path: Path, settings: dict[str, Any], n: int) -> list[dict[str,
     return rows
 
 
-def paired_ratio(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
-    """inprocess/cli: geometric mean of each adjacent pair's ratio, with a t 95% interval."""
-    from scipy import stats
-
-    logs = []
-    for a, b in zip(rows[0::2], rows[1::2]):
-        inp, cli = (a, b) if a["variant"] == "inprocess" else (b, a)
-        logs.append(math.log(inp["value"] / cli["value"]))
-    m = statistics.mean(logs)
-    if len(logs) < 2:
-        return math.exp(m), math.nan, math.nan
-    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
-    return math.exp(m), math.exp(m - half), math.exp(m + half)
-
-
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| client | trials | wall s (median) | server start s | outside start and timed runs s | tok/s (median) "
@@ -96,7 +83,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {v} | {len(rs)} | {med('wall_s'):.1f} | {med('start_s'):.1f} | {med('client_s'):.1f} | "
             f"{med('value'):,.0f} | {med('p99_ttft_ms'):.1f} |"
         )
-    ratio, low, high = paired_ratio(rows)
+    ratio, low, high = paired_ratio(rows, num="inprocess", den="cli")
     lines.append(f"\ntok/s, inprocess/cli over {len(rows) // 2} pairs: {ratio:.3f} (95% CI {low:.3f}-{high:.3f})")
     return "\n".join(lines)
 

@@ -131,15 +131,14 @@ def pairs(spec_path: Path, settings: dict[str, Any], n: int) -> list[dict[str, A
     return rows
 
 
-def paired_ratio(rows: list[dict[str, Any]]) -> tuple[float, float, float]:
-    """fork/spawn: geometric mean of each ABBA block's ratio, with a t 95% interval."""
+def paired_ratio(rows: list[dict[str, Any]], num: str = "fork", den: str = "spawn") -> tuple[float, float, float]:
+    """num/den (variants): geometric mean of each adjacent pair's ratio, with a t 95% interval."""
     from scipy import stats
 
     logs = []
-    for i in range(0, len(rows) - 1, 2):
-        a, b = rows[i], rows[i + 1]
-        f, s = (b, a) if a["variant"] == "spawn" else (a, b)
-        logs.append(math.log(f["value"] / s["value"]))
+    for a, b in zip(rows[0::2], rows[1::2]):
+        top, bottom = (b, a) if a["variant"] == den else (a, b)
+        logs.append(math.log(top["value"] / bottom["value"]))
     m = statistics.mean(logs)
     if len(logs) < 2:
         return math.exp(m), math.nan, math.nan
