@@ -95,21 +95,20 @@ def front_candidates(study: optuna.Study, engine: str) -> tuple[list[tuple[str, 
     base = baseline_trial(study)
     out = [("baseline", base)] if base is not None else []
     seen = [effective_settings(base, engine)] if base is not None else []
-    on_front = front(study)
-    base_on_front = base is not None and any(same_config(effective_settings(t, engine), seen[0]) for t in on_front)
+    base_on_front = False  # read only when no other point is on the front: the loop then saw it all
     points: list[optuna.trial.FrozenTrial] = []
-    for t in on_front:
+    for t in front(study):
         s = effective_settings(t, engine)
-        if not any(same_config(s, x) for x in seen):
+        if base is not None and same_config(s, seen[0]):
+            base_on_front = True
+        elif not any(same_config(s, x) for x in seen):
             points.append(t)
             seen.append(s)
         if len(points) == MAX_FRONT:
             break
-    lead = ["baseline"] if base is not None else []
+    roles = [f"front_{i}" for i in range(1, len(points) + 1)]
     if points or not base_on_front:
-        return out + [(f"front_{i}", t) for i, t in enumerate(points, start=1)], lead + [
-            f"front_{i}" for i in range(1, len(points) + 1)
-        ]
+        return out + list(zip(roles, points)), [role for role, _ in out] + roles
     rest = [
         t
         for t in ranked(study)

@@ -47,8 +47,7 @@ def describe_front(v: dict[str, Any]) -> str:
     if v.get("baseline_is_best"):
         nxt = v["measured"]["runner_up"]["trial"]
         if len(pts) < 2:
-            failed = next(m for m in v["measured"].values() if m.get("status") != COMPLETE)
-            return f"re-validation incomplete: trial {failed['trial']}: {failed.get('error') or failed.get('status')}"
+            return _incomplete(v)
         text = f"the engine defaults are the whole front; the next configuration (trial {nxt}) re-measured beside them"
         text += f" in {v.get('rounds', 2)} engine starts each"
     else:
@@ -60,6 +59,13 @@ def describe_front(v: dict[str, Any]) -> str:
     return text
 
 
+def _incomplete(v: dict[str, Any]) -> str:
+    """Which finalists' engine starts failed, and why."""
+    failed = {k: m for k, m in v.get("measured", {}).items() if m.get("status") != COMPLETE}
+    why = [f"{k}: {m.get('error') or m.get('status')}" for k, m in failed.items()]
+    return "re-validation incomplete: " + "; ".join(why)
+
+
 def describe(v: dict[str, Any] | None) -> str:
     """One sentence for the summary and the export."""
     if not v:
@@ -68,11 +74,7 @@ def describe(v: dict[str, Any] | None) -> str:
         return describe_front(v)
     bb = v.get("best_vs_baseline")
     if bb is None:
-        return "re-validation incomplete: " + "; ".join(
-            f"{k}: {m.get('error') or m.get('status')}"
-            for k, m in v.get("measured", {}).items()
-            if m.get("status") != COMPLETE
-        )
+        return _incomplete(v)
     lead = ""
     if v.get("baseline_is_best"):
         lead = f"the engine defaults measured best; the next configuration (trial {v['measured']['best']['trial']}) "
