@@ -85,6 +85,32 @@ def add_trial(study: "optuna.Study", state: "optuna.trial.TrialState", x: int, *
     )
 
 
+def add_feasible_trials(
+    study: "optuna.Study",
+    rows: list[tuple[dict[str, Any], float | list[float], dict[str, Any]]],
+    dists: dict[str, Any],
+    fixed: dict[str, Any] | None = None,
+) -> None:
+    """Completed, feasible trials made by hand, a row each: (params, value or values, user attrs).
+    A trial ran with ``fixed`` plus its params (its ``settings``), for tests of which trials the
+    finalists are."""
+    import optuna
+
+    from hpo_infer.study.trials import CONSTRAINT
+
+    fixed = fixed or {}
+    for params, value, attrs in rows:
+        study.add_trial(
+            optuna.create_trial(
+                params=params,
+                distributions={k: dists[k] for k in params},
+                values=value if isinstance(value, list) else [value],
+                user_attrs={"settings": {**fixed, **params}, "fixed": dict(fixed), **attrs},
+                constraints={CONSTRAINT: 0.0},
+            )
+        )
+
+
 def fault_spec(**over: Any) -> dict[str, Any]:
     """A fast spec on the fault engine (no torch), for agent/runner/sampler tests."""
     spec: dict[str, Any] = {

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import fault_spec, run_cli, write_spec
+from conftest import add_feasible_trials, fault_spec, run_cli, write_spec
 
 from hpo_infer import spec as spec_mod
 from hpo_infer.agent.revalidate import candidates, revalidate
 from hpo_infer.measurement.protocol import TrialRequest
-from hpo_infer.study.trials import BASELINE, CONSTRAINT, ROLE
+from hpo_infer.study.trials import BASELINE, ROLE
 from hpo_infer.trial.runner import COMPLETE, run_worker
 
 
@@ -51,19 +51,9 @@ def _study_with_the_defaults_set_by_hand(tmp_path: Path) -> tuple[optuna.Study, 
     spec = spec_mod.load(write_spec(tmp_path, raw))
     study = optuna.create_study(direction="maximize")
     dist = {"x": optuna.distributions.IntDistribution(1, 32), "y": optuna.distributions.IntDistribution(1, 4)}
-    rows = [({}, 900.0, {ROLE: BASELINE, "settings": dict(spec.fixed)}), ({"x": 1, "y": 1}, 990.0, {}),
+    rows = [({}, 900.0, {ROLE: BASELINE}), ({"x": 1, "y": 1}, 990.0, {}),
             ({"x": 24, "y": 2}, 700.0, {}), ({"x": 8, "y": 4}, 500.0, {})]  # fmt: skip
-    for params, value, attrs in rows:
-        settings = attrs.pop("settings", {**spec.fixed, **params})
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: dist[k] for k in params},
-                value=value,
-                user_attrs={"settings": settings, "fixed": dict(spec.fixed), **attrs},
-                constraints={CONSTRAINT: 0.0},
-            )
-        )
+    add_feasible_trials(study, rows, dist, dict(spec.fixed))
     return study, spec
 
 
@@ -76,19 +66,9 @@ def test_a_configuration_is_never_revalidated_against_itself(tmp_path: Path) -> 
 
 def _serving_study(baseline_resolved: dict[str, int]) -> optuna.Study:
     study = optuna.create_study(direction="maximize")
-    dist = optuna.distributions.IntDistribution(1, 1024)
     rows = [({}, 900.0, {ROLE: BASELINE, "resolved": baseline_resolved}), ({"max_num_seqs": 16}, 990.0, {}),
             ({"max_num_seqs": 1}, 100.0, {})]  # fmt: skip
-    for params, value, attrs in rows:
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: dist for k in params},
-                value=value,
-                user_attrs={"settings": dict(params), **attrs},
-                constraints={CONSTRAINT: 0.0},
-            )
-        )
+    add_feasible_trials(study, rows, {"max_num_seqs": optuna.distributions.IntDistribution(1, 1024)})
     return study
 
 

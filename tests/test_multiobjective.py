@@ -9,13 +9,14 @@ front, or the point a latency budget picks, in every format. Bad specs are one l
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import yaml
-from conftest import fault_spec, run_cli, write_spec
+from conftest import add_feasible_trials, fault_spec, run_cli, write_spec
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
@@ -39,6 +40,15 @@ def _study(tmp_path: Path) -> optuna.Study:
     url = f"sqlite:///{tmp_path / 'mo.db'}"
     (name,) = optuna.get_all_study_names(url)
     return optuna.load_study(study_name=name, storage=url)
+
+
+def _tune_revalidated(tmp_path: Path, **over: Any) -> tuple[subprocess.CompletedProcess, optuna.Study]:
+    """``tune`` on the spec, its finalists re-measured in two engine starts each; its output and study."""
+    quick = {"min_pass_s": 0.01, "max_repeats": 4}
+    spec = _spec(tmp_path, measurement=quick, validate_finalists=True, validation_rounds=2, **over)
+    r = run_cli("tune", str(write_spec(tmp_path, spec)), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r, _study(tmp_path)
 
 
 def test_a_multi_objective_study_searches_the_front_and_resumes(tmp_path: Path) -> None:
@@ -71,19 +81,13 @@ def test_revalidation_re_measures_the_front_and_marks_ties(tmp_path: Path) -> No
     # Grid points on the rising side of the trade-off: x=23 and x=24 are 0.4% apart in tokens/s
     # and 3% in TTFT, inside a 20% noise on both; x=10 is far from either, and from the baseline
     # (x=1: 42% fewer tokens/s, half the TTFT), which is on the front and compared as a point of it.
-    spec = _spec(
+    r, study = _tune_revalidated(
         tmp_path,
         fixed={"noise": 0.2, "y": 2},
         search_space={"x": {"type": "categorical", "choices": [10, 23, 24]}},
         sampler={"name": "grid"},
         repeats=4,
-        measurement={"min_pass_s": 0.01, "max_repeats": 4},
-        validate_finalists=True,
-        validation_rounds=2,
     )
-    r = run_cli("tune", str(write_spec(tmp_path, spec)), cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    study = _study(tmp_path)
     v = study.user_attrs["validation"]
     got = {(p["trial"], p["next"]["trial"]): p["next"]["within_noise"] for p in v["front"] if "next" in p}
     x = {t.number: t.params.get("x", 1) for t in study.trials}
@@ -100,20 +104,14 @@ def test_when_the_defaults_are_the_whole_front_the_next_configuration_is_compare
     # TPOT is 4 + y ms and y=1 (the default) beats y=4 on tokens/s 2.5x too: the baseline
     # dominates, so the front has nothing else to re-measure. As a single-objective study does
     # when the defaults measured best, the next configuration is re-measured beside them.
-    spec = _spec(
+    _, study = _tune_revalidated(
         tmp_path,
         fixed={"noise": 0.02, "x": 24},
         objective={"metrics": {"throughput": "maximize", "p99_tpot_ms": "minimize"}},
         search_space={"y": {"type": "int", "low": 4, "high": 4}},
         sampler={"name": "random", "seed": 0},
         budget={"trials": 2},
-        measurement={"min_pass_s": 0.01, "max_repeats": 4},
-        validate_finalists=True,
-        validation_rounds=2,
     )
-    r = run_cli("tune", str(write_spec(tmp_path, spec)), cwd=tmp_path)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    study = _study(tmp_path)
     base, other = study.trials
     assert [t.number for t in front(study)] == [base.number]
     v = study.user_attrs["validation"]
@@ -133,22 +131,12 @@ def test_the_defaults_are_compared_with_the_front_even_off_it() -> None:
     """A front point inside the noise of the defaults is the finding a user must not miss, so the
     baseline joins the neighbours compared even when a point dominates it."""
     from hpo_infer.agent.revalidate import front_candidates
-    from hpo_infer.study.trials import BASELINE, CONSTRAINT, ROLE
+    from hpo_infer.study.trials import BASELINE, ROLE
 
     study = optuna.create_study(directions=["maximize", "minimize"])
-    dist = optuna.distributions.IntDistribution(1, 64)
     rows = [({}, [900.0, 50.0], {ROLE: BASELINE}), ({"x": 8}, [950.0, 45.0], {}), ({"x": 30}, [1200.0, 90.0], {}),
             ({"x": 2}, [500.0, 60.0], {})]  # fmt: skip
-    for params, values, attrs in rows:
-        study.add_trial(
-            optuna.trial.create_trial(
-                params=params,
-                distributions={k: dist for k in params},
-                values=values,
-                user_attrs={"settings": dict(params), **attrs},
-                constraints={CONSTRAINT: 0.0},
-            )
-        )
+    add_feasible_trials(study, rows, {"x": optuna.distributions.IntDistribution(1, 64)})
     cands, compared = front_candidates(study, "fault")
     assert [(role, t.number) for role, t in cands] == [("baseline", 0), ("front_1", 2), ("front_2", 1)]
     assert compared == ["baseline", "front_1", "front_2"]
