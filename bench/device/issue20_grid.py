@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from hpo_infer import spec as spec_mod
 from hpo_infer.agent.start import host_gpu, start_study
+from hpo_infer.agent.stop_rules import retried, spent
 from hpo_infer.study.front import front_of
 
 GRID = [(s, b) for s in (128, 256) for b in (512, 1024, 2048, 4096)]
@@ -51,7 +52,11 @@ def main(cmd: str, spec_file: str, storage: str) -> None:
         todo = [p for p in GRID if p not in have]
         for s, b in todo:
             study.enqueue_trial({"max_num_seqs": s, "max_num_batched_tokens": b}, user_attrs={"role": GRID_ROLE})
-        print(json.dumps({"queued": todo, "trials": len(study.trials)}))
+        # The budget that measures exactly these: what the study has spent, plus the queue.
+        all_t = study.get_trials(deepcopy=False)
+        again = retried(all_t)
+        used = sum(spent(t, again) for t in all_t)
+        print(json.dumps({"queued": todo, "trials": used + len(todo)}))
         return
     feasible = [t for t in done if all(v <= 0 for v in t.constraints.values()) and "duplicate_of" not in t.user_attrs]
     first_grid = min((t.number for t in study.trials if t.user_attrs.get("role") == GRID_ROLE), default=None)
