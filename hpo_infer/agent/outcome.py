@@ -16,7 +16,7 @@ import optuna
 
 from hpo_infer.agent.stop_rules import REQUEUED
 from hpo_infer.study import optuna_api
-from hpo_infer.study.trials import CONSTRAINT, ROLE, Values
+from hpo_infer.study.trials import CONSTRAINT, NOT_STARTED, ROLE, Values
 from hpo_infer.trial.runner import COMPLETE, INFEASIBLE_S, STOPPED, TIMEOUT, Outcome
 
 if TYPE_CHECKING:
@@ -100,8 +100,10 @@ def retry(study: optuna.Study, trial: optuna.Trial, params: dict[str, Any], stop
 
 def requeue(study: optuna.Study, trial: optuna.Trial, params: dict[str, Any] | None) -> None:
     """An interrupted trial is nobody's fault: queue it again (same retry count) for whoever runs next."""
-    if params is None:
-        return  # a sampled trial that never got its parameters: the sampler will propose anew
+    if params is None:  # a sampled trial that never got its parameters: the sampler will propose anew
+        trial.set_user_attr("status", NOT_STARTED)
+        trial.set_user_attr("failure", "interrupted before it had settings; the sampler proposes anew")
+        return
     attrs = {k: v for k, v in trial.user_attrs.items() if k in (ROLE, "baseline_params", "retries")}
     attrs.update({"retry_of": trial.number, "interrupted_in": trial.number})
     trial.set_user_attr(REQUEUED, True)  # its copy runs instead: this one spends no budget

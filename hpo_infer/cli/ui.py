@@ -59,10 +59,10 @@ def progress_display(progress: "Progress", total: int | None) -> Iterator[None]:
 
 def trial_line(t: Any) -> str:
     """One line per finished trial: number, status, value, settings, and why it failed."""
-    from hpo_infer.study.trials import tok_s
+    from hpo_infer.study.trials import NOT_STARTED, tok_s
 
     status = t.user_attrs.get("status") or t.state.name.lower()
-    if t.state.name == "FAIL":
+    if t.state.name == "FAIL" and status != NOT_STARTED:
         status = "failed"
     value = f"{tok_s(t):,.1f} tok/s" if tok_s(t) is not None and status == "ok" else ""
     why = t.user_attrs.get("failure") or ""
@@ -70,7 +70,7 @@ def trial_line(t: Any) -> str:
         why = f"(same settings as trial {t.user_attrs['duplicate_of']}: not measured again) {why}"
     role = t.user_attrs.get("hpo_infer_role")
     tag = f" [{role}]" if role else ""
-    settings = _fmt_settings(t.user_attrs.get("settings", t.params))
+    settings = "" if status == NOT_STARTED else _fmt_settings(t.user_attrs.get("settings", t.params))
     return f"trial {t.number}{tag}: {status} {value} {settings} {why}".rstrip()
 
 
@@ -82,14 +82,14 @@ def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> N
     from optuna.trial import TrialState
 
     from hpo_infer.study.overhead import study_overhead
-    from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, tok_s, uncertainty
+    from hpo_infer.study.trials import NOT_STARTED, baseline_trial, cache_warnings, gain_pct, ranked, tok_s, uncertainty
     from hpo_infer.study.verdict import describe
 
     trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}
     for t in trials:
         key = t.user_attrs.get("status") or t.state.name.lower()
-        if t.state == TrialState.FAIL:
+        if t.state == TrialState.FAIL and key != NOT_STARTED:
             key = "failed"
         states[key] = states.get(key, 0) + 1
     console.print(

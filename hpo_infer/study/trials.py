@@ -15,6 +15,9 @@ CONSTRAINT = "feasible"  # constraint name: > 0 means infeasible
 # re-propose points of small discrete spaces; the agent tells the earlier result instead of
 # measuring again, so the point has one representative in rankings (the earlier trial).
 DUPLICATE_OF = "duplicate_of"
+# status of a trial Optuna had asked for when a signal came, before it had settings: FAIL in
+# Optuna (its objective raised), measured nothing, spent no budget, and nothing to queue again.
+NOT_STARTED = "not started"
 VALIDATION = "validation"  # study attr: the re-measured finalists and the verdict
 TRANSFER = "transfer"  # study attr of a transfer study: where it came from, and the gains
 CARRIED = "carried_over"  # role: the source study's best, enqueued right after the baseline
