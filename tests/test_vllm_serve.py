@@ -149,6 +149,9 @@ def test_real_serving_study_on_cpu(tmp_path: Path) -> None:
     raw.update(
         budget={"trials": 3},
         repeats=1,
+        # Re-validation's 3 runs, no more: burst rates on this CPU varied 4x between runs, and
+        # the measurement rules would take max_repeats (10) of them to no avail.
+        measurement={"max_repeats": 3},
         trial_timeout_s=240,
         validate_finalists=True,
         validation_rounds=1,
@@ -289,6 +292,48 @@ def _fake_server(capacity: float, ttft_floor: float = 50.0):
         }
 
     return bench, calls
+
+
+def test_load_runs_follow_the_measurement_rules() -> None:
+    """Throughput trials measure as the offline engines do: a warm-up run, then repeats of as
+    many cold load runs as min_pass_s takes (the same count in every repeat), until the 95% CI
+    of the mean is within precision or max_repeats. Before, vllm-serve took ``repeats`` runs
+    whatever they lasted: two 4 s burst runs of one H200 server differed by 26%. A load
+    generator faked on purpose: 0.4 s runs whose rates alternate 1000 / 600 tok/s, then settle."""
+    from types import SimpleNamespace
+
+    from hpo_infer.engines.vllm_serve import _measured
+
+    seen: list[int] = []
+    rates = [1000.0, 600.0, 1000.0, 600.0, 1000.0, 600.0] + [800.0] * 100
+
+    def bench(p: dict, r: int) -> dict:
+        seen.append(r)
+        tok_s = 800.0 if r < 0 else rates[r]
+        return {
+            "output_throughput": tok_s,
+            "total_output_tokens": int(tok_s * 0.4),
+            "duration": 0.4,
+            "p99_ttft_ms": 100.0 + r,
+            "request_throughput": 10.0,
+            "completed": 4,
+        }
+
+    rules = {"min_pass_s": 1.0, "precision": 0.05, "max_repeats": 10}
+    runs, result = _measured(bench, {}, SimpleNamespace(repeats=2, measurement=rules), lambda k, d: None, 0.0)
+    assert seen[0] == -1 and seen[1:] == list(range(len(seen) - 1)), "warm-up first, then fresh prompts per run"
+    assert all(rec["cycles"] == 3 for rec in result.repeats), "3 runs of 0.4 s reach 1 s, in every repeat"
+    assert len(runs) == 3 * len(result.repeats)
+    # Repeats 867, 733, then 800s: the CI of the mean is within 5% at the 7th (5.5% at the 6th).
+    assert len(result.repeats) == 7 and result.spread["ci_rel"] <= 0.05
+    assert result.value == pytest.approx(sum(r["tok_s"] for r in result.repeats) / 7)
+    assert result.repeats[1]["metrics"]["p99_ttft_ms"] == 104.0  # the median of runs 3, 4, 5
+    assert result.warmup_s == 0.4
+    seen.clear()  # max_repeats bounds it
+    _, capped = _measured(
+        bench, {}, SimpleNamespace(repeats=2, measurement={**rules, "max_repeats": 4}), lambda k, d: None, 0.0
+    )
+    assert len(capped.repeats) == 4 and capped.spread["ci_rel"] > 0.05
 
 
 def test_goodput_bisects_below_the_saturation_rate() -> None:

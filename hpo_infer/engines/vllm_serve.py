@@ -19,6 +19,7 @@ trial process (:func:`load_client`).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import json
@@ -161,21 +162,28 @@ class VLLMServeEngine(VLLMEngine):
                         res["prefix_cache"] = cache
                     return res
 
-                emit(PHASE, {"phase": "warmup"})
-                warm = bench(p, -1)  # first-seen shapes and JIT, on prompts no timed run sends; not counted
-                emit(PHASE, {"phase": "measuring"})
+                w = request.workload
+                n = int(w["prompts"])
+                expected = float(w.get("prefix_tokens") or 0) / float(w["input_tokens"]) * (n - 1) / n
+                resolved["expected_hit_rate"] = expected
                 if goal.get("metric") == "goodput":
+                    emit(PHASE, {"phase": "warmup"})
+                    warm = bench(p, -1)  # first-seen shapes and JIT, on prompts no timed run sends; not counted
+                    emit(PHASE, {"phase": "measuring"})
                     runs, search = _goodput(bench, p, goal, request.repeats, emit)
                     resolved["goodput_search"] = search
+                    rates = [float(x["output_throughput"]) for x in runs]
+                    records = [_repeat_record(x, i) for i, x in enumerate(runs)]
+                    result = EngineResult(
+                        value=statistics.median(rates),
+                        spread=spread(rates),
+                        repeats=records,
+                        warmup_s=float(warm["duration"]),
+                        cache_flag=cache_flag(records, expected),
+                    )
                 else:
-                    runs = []
-                    for r in range(request.repeats):
-                        runs.append(bench(p, r))
-                        emit(REPEAT, _repeat_record(runs[-1], r))
-            rates = [float(x["output_throughput"]) for x in runs]
-            metrics = {
-                k: statistics.median(float(x[k]) for x in runs) for k in self.metrics if all(k in x for x in runs)
-            }
+                    runs, result = _measured(bench, p, request, emit, expected)
+            metrics: dict[str, float] = _latencies(runs)
             if goal.get("metric") == "goodput":
                 metrics["goodput_request_rate"] = resolved["goodput_search"]["request_rate"]
             metrics.update(
@@ -183,24 +191,49 @@ class VLLMServeEngine(VLLMEngine):
                 completed=min(int(x["completed"]) for x in runs),
                 failed=max(int(x.get("failed") or 0) for x in runs),
             )
-            records = [_repeat_record(x, i) for i, x in enumerate(runs)]
-            w = request.workload
-            n = int(w["prompts"])
-            expected = float(w.get("prefix_tokens") or 0) / float(w["input_tokens"]) * (n - 1) / n
-            resolved["expected_hit_rate"] = expected
-            return EngineResult(
-                value=statistics.median(rates),
-                spread=spread(rates),
-                repeats=records,
-                metrics=metrics,
-                start_s=start_s,
-                resolved=resolved,
-                peak_mem_bytes=_memory_in_use(),
-                warmup_s=float(warm["duration"]),
-                cache_flag=cache_flag(records, expected),
-            )
+            result.metrics = metrics
+            result.start_s = start_s
+            result.resolved = {**resolved, **result.resolved}
+            result.peak_mem_bytes = _memory_in_use()
+            return result
         finally:
             _stop(server)
+
+
+def _measured(
+    bench: Any, p: dict[str, Any], request: "TrialRequest", emit: Emit, expected: float
+) -> tuple[list[dict[str, Any]], "EngineResult"]:
+    """Load runs under the offline engines' measurement rules (hpo_infer.measurement.timing): a
+    warm-up run, then repeats of as many cold load runs as ``min_pass_s`` takes, until the 95% CI
+    of the mean tok/s is within ``precision`` or ``max_repeats``. Two 4 s burst runs of one H200
+    server differed by 26% (BENCHMARKS.md, issue 20): a fixed ``repeats`` could not rank the
+    configurations. Returns every timed run's result, and the measurement, each repeat with its
+    runs' median latencies (re-validation compares them)."""
+    from hpo_infer.measurement.timing import PassResult, Rules, measure
+
+    runs: list[dict[str, Any]] = []
+
+    def as_pass(res: dict[str, Any]) -> PassResult:
+        tokens = int(res["total_output_tokens"])
+        return PassResult(tokens=tokens, windows=[(tokens, float(res["duration"]))], cache=res.get("prefix_cache"))
+
+    def timed(index: int) -> PassResult:  # index 1, 2, ...: run r = index - 1, its own prompts
+        runs.append(bench(p, index - 1))
+        return as_pass(runs[-1])
+
+    rules = Rules.from_request(request.repeats, request.measurement)
+    result = measure(timed, rules, emit, warmup=lambda: as_pass(bench(p, -1)), expected_hit_rate=expected)
+    first = 0
+    for rec in result.repeats:
+        mine, first = runs[first : first + int(rec["cycles"])], first + int(rec["cycles"])
+        rec["metrics"] = _latencies(mine)
+    return runs, result
+
+
+def _latencies(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each latency metric's median over load runs."""
+    names = [k for k in VLLMServeEngine.metrics if all(k in x for x in runs)]
+    return {k: statistics.median(float(x[k]) for x in runs) for k in names}
 
 
 class TargetsMissed(ValueError):
@@ -420,14 +453,20 @@ def _bench(
     return res
 
 
+@functools.lru_cache(maxsize=2)
+def _tokenizer(path: str) -> Any:
+    """The model folder's tokenizer, loaded once per trial process (every load run needs it)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
 def _prompts_file(w: dict[str, Any], tokenizer: str, out: Path, r: int) -> Path:
     """Load run ``r``'s prompts as vllm bench serve's custom dataset (JSONL): every run its own
     draw of the workload (r = -1, the warm-up, draw 0), the shared prefix in all of them."""
-    from transformers import AutoTokenizer
-
     from hpo_infer import workload
 
-    tok = AutoTokenizer.from_pretrained(tokenizer)
+    tok = _tokenizer(tokenizer)
     prompts = workload.load(w, vocab_size=tok.vocab_size, draw=r + 1).prompts
     f = out / f"prompts{r}.jsonl"
     f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in workload.as_text(prompts, tok)))
