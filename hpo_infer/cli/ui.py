@@ -57,13 +57,20 @@ def progress_display(progress: "Progress", total: int | None) -> Iterator[None]:
             progress.listeners.remove(show)
 
 
+def _status(t: Any) -> str:
+    """A finished trial's status word: ours where we set one, "failed" for every FAIL but one that
+    never started."""
+    from hpo_infer.study.trials import NOT_STARTED
+
+    status = t.user_attrs.get("status") or t.state.name.lower()
+    return "failed" if t.state.name == "FAIL" and status != NOT_STARTED else status
+
+
 def trial_line(t: Any) -> str:
     """One line per finished trial: number, status, value, settings, and why it failed."""
     from hpo_infer.study.trials import NOT_STARTED, tok_s
 
-    status = t.user_attrs.get("status") or t.state.name.lower()
-    if t.state.name == "FAIL" and status != NOT_STARTED:
-        status = "failed"
+    status = _status(t)
     value = f"{tok_s(t):,.1f} tok/s" if tok_s(t) is not None and status == "ok" else ""
     why = t.user_attrs.get("failure") or ""
     if t.user_attrs.get("duplicate_of") is not None:
@@ -79,18 +86,14 @@ def _fmt_settings(s: dict[str, Any]) -> str:
 
 
 def print_summary(study: "optuna.Study", validation: dict[str, Any] | None) -> None:
-    from optuna.trial import TrialState
-
     from hpo_infer.study.overhead import study_overhead
-    from hpo_infer.study.trials import NOT_STARTED, baseline_trial, cache_warnings, gain_pct, ranked, tok_s, uncertainty
+    from hpo_infer.study.trials import baseline_trial, cache_warnings, gain_pct, ranked, tok_s, uncertainty
     from hpo_infer.study.verdict import describe
 
     trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}
     for t in trials:
-        key = t.user_attrs.get("status") or t.state.name.lower()
-        if t.state == TrialState.FAIL and key != NOT_STARTED:
-            key = "failed"
+        key = _status(t)
         states[key] = states.get(key, 0) + 1
     console.print(
         f"[bold]{study.study_name}[/bold]: {len(trials)} trials "
